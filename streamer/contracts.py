@@ -1,0 +1,198 @@
+"""Event contracts: JSON Schema (draft 2020-12) loading and validation.
+
+The schemas live in ``schemas/`` (see ``schemas/README.md``); every event is a
+CloudEvents 1.0 structured-mode object whose ``data`` is checked against the
+schema of its ``type``. This module imports only the standard library,
+``jsonschema`` and ``referencing`` so it can be used outside the Faust app.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import referencing
+import referencing.exceptions
+from jsonschema.exceptions import best_match
+from referencing.jsonschema import DRAFT202012
+
+__all__ = [
+    "SCHEMA_DIR",
+    "INPUT_TYPES",
+    "OUTPUT_TYPES",
+    "TYPE_SLUGS",
+    "load_registry",
+    "schema_for_type",
+    "validator_for_type",
+    "first_error",
+]
+
+SCHEMA_DIR: Path = Path(
+    os.environ.get("STREAMER_SCHEMA_DIR")
+    or Path(__file__).resolve().parent.parent / "schemas"
+)
+"""Folder holding ``<slug>.v<N>.schema.json``; env var ``STREAMER_SCHEMA_DIR`` overrides."""
+
+INPUT_TYPES: dict[str, str] = {
+    "Order Completed": "orders",
+    "Order Refunded": "orders",
+    "Email Delivered": "email-events",
+    "Email Opened": "email-events",
+    "Email Link Clicked": "email-events",
+    "Email Bounced": "email-events",
+    "Unsubscribed": "email-events",
+    "Survey Answered": "email-events",
+    "Community Joined": "community-events",
+    "Community Posted": "community-events",
+    "Community Replied": "community-events",
+    "Answer Accepted": "community-events",
+    "Review Posted": "community-events",
+    "Referral Made": "community-events",
+}
+"""Input event type name -> topic role it must arrive on."""
+
+OUTPUT_TYPES: dict[str, str] = {
+    "Customer Scored": "customer-scores",
+    "Segment Changed": "segment-changes",
+    "Campaign Triggered": "campaign-triggers",
+    "Event Rejected": "dead-letter",
+}
+"""Output event type name -> topic role it is produced to."""
+
+TYPE_SLUGS: dict[str, str] = {
+    name: name.lower().replace(" ", "-") for name in (*INPUT_TYPES, *OUTPUT_TYPES)
+}
+"""Event type name -> schema slug (``"Order Completed"`` -> ``"order-completed"``)."""
+
+_URN = "urn:clv-streamer:schema:{slug}:v{version}"
+_MAX_MESSAGE = 256  # fits the `detail` of an Event Rejected
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def load_registry(schema_dir: Path | None = None) -> referencing.Registry:
+    """Read every ``*.schema.json`` in *schema_dir* (default `SCHEMA_DIR`) into a registry keyed by ``$id``."""
+    folder = Path(schema_dir) if schema_dir is not None else SCHEMA_DIR
+    resources = []
+    seen: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.schema.json")):
+        contents = json.loads(path.read_text(encoding="utf-8"))
+        uri = contents.get("$id") if isinstance(contents, dict) else None
+        if not isinstance(uri, str) or not uri:
+            raise ValueError(f"{path}: schema has no $id")
+        if uri in seen:
+            raise ValueError(f"{path}: duplicate $id {uri!r} (also in {seen[uri]})")
+        seen[uri] = path
+        resources.append((uri, DRAFT202012.create_resource(contents)))
+    if not resources:
+        raise FileNotFoundError(f"no *.schema.json files in {folder}")
+    return referencing.Registry().with_resources(resources).crawl()
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> referencing.Registry:
+    """The registry of `SCHEMA_DIR`, read once."""
+    return load_registry()
+
+
+def _urn(type_name: str, version: int) -> str:
+    return _URN.format(slug=TYPE_SLUGS[type_name], version=version)
+
+
+def schema_for_type(type_name: str, version: int = 1) -> dict:
+    """Return the schema document for *type_name* / *version*; `KeyError` if there is none."""
+    urn = _urn(type_name, version)
+    try:
+        return _registry().contents(urn)
+    except referencing.exceptions.NoSuchResource:
+        raise KeyError(f"no schema {urn!r}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def validator_for_type(type_name: str, version: int = 1) -> jsonschema.Draft202012Validator:
+    """Return a (cached) validator for *type_name* / *version*; `KeyError` for an unknown type or version."""
+    schema = schema_for_type(type_name, version)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=_registry())
+
+
+def _format_path(path: Any) -> str:
+    """Render a jsonschema error path as ``data.products[0].price`` (``(root)`` when empty)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out or "(root)"
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "\u2026"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, made friendlier for anyOf-of-required and long patterns."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "anyOf" and all(
+        isinstance(branch, dict) and set(branch) == {"required"} for branch in error.validator_value
+    ):
+        names = [name for branch in error.validator_value for name in branch["required"]]
+        return "at least one of " + ", ".join(map(repr, names)) + " is required"
+    if error.validator == "pattern" and isinstance(schema.get("description"), str):
+        return f"{error.instance!r} does not match the expected format ({schema['description']})"
+    return error.message
+
+
+def _non_finite(doc: Any) -> str | None:
+    """Path of the first NaN / Infinity in *doc* (Python's json module accepts them; JSON does not)."""
+    stack: list[tuple[Any, tuple]] = [(doc, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{_format_path(path)}: {value!r} is not a finite JSON number"
+        elif isinstance(value, dict):
+            stack.extend((v, (*path, k)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, (*path, i)) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _version_of(doc: dict, type_name: str) -> int:
+    """Schema version named by ``dataschema`` (1 when absent or not a URN of this type)."""
+    dataschema = doc.get("dataschema")
+    prefix = _URN.format(slug=TYPE_SLUGS[type_name], version="")
+    if isinstance(dataschema, str) and dataschema.startswith(prefix):
+        digits = dataschema[len(prefix):]
+        if digits.isascii() and digits.isdigit() and not digits.startswith("0") and len(digits) < 6:
+            return int(digits)
+    return 1
+
+
+def first_error(doc: dict) -> str | None:
+    """Validate *doc* against the schema of ``doc["type"]`` (a known type name).
+
+    The version comes from ``dataschema`` when it names an existing schema of this
+    type, else 1 (whose schema then reports a mismatching ``dataschema``). Returns
+    None when valid, else one short message (at most 256 characters) naming the
+    JSON path, e.g. ``"data.total: -5 is less than the minimum of 0"``. NaN and
+    Infinity anywhere in *doc* are errors too.
+    """
+    type_name = doc["type"]
+    try:
+        validator = validator_for_type(type_name, _version_of(doc, type_name))
+    except KeyError:
+        validator = validator_for_type(type_name, 1)
+    error = best_match(validator.iter_errors(doc))
+    if error is not None:
+        return _short(f"{_format_path(error.absolute_path)}: {_message(error)}")
+    message = _non_finite(doc)
+    return _short(message) if message else None

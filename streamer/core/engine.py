@@ -1,0 +1,259 @@
+"""The engine: one record in, state updated, outgoing records out — per partition, in order.
+
+The Faust shell, the replay tool and the benchmarks all drive this same class; only where
+state lives (a Faust table, a dict) and where outgoing records go differ.
+
+Time is *event time*: each partition keeps a clock at the newest event time it has seen.
+Changes that happen with no new event from a customer (at risk, lapsed, loyalty ending) are
+kept in a due-queue (a heap) per partition and fired when the partition clock passes them,
+at exactly their due time — so replaying a year of history gives the same segment changes,
+with the same timestamps and ids, as living through it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time as _time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+from streamer.core import features as features_mod
+from streamer.core import outputs, segments
+from streamer.core.config import Limits, ScoringConfig
+from streamer.core.events import Event, decode
+from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
+from streamer.core.state import CustomerState, apply, is_duplicate
+from streamer.errors import InvalidEvent
+
+SCORES, SEGMENT_CHANGES, DEAD_LETTER = "customer-scores", "segment-changes", "dead-letter"
+
+
+@dataclass(slots=True)
+class Record:
+    """One consumed Kafka record, as the shell hands it over."""
+
+    topic_role: str  # logical input topic: "orders", "email-events", "community-events"
+    topic: str  # actual topic name (for dead-letter provenance)
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Outgoing:
+    topic_role: str  # "customer-scores", "segment-changes", "dead-letter"
+    key: bytes
+    value: bytes
+
+
+@dataclass(slots=True)
+class Transition:
+    family: str
+    old: str | None
+    new: str | None
+
+
+@dataclass(slots=True)
+class Result:
+    """What processing one record produced; the shell sends ``outgoing`` and records metrics."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    event_type: str | None = None
+    rejected: str | None = None  # dead-letter reason
+    duplicate: bool = False
+    transitions: list[Transition] = field(default_factory=list)
+    new_customer: bool = False
+    timers_fired: int = 0
+
+
+class StateStore(Protocol):
+    def get(self, customer: str) -> CustomerState | None: ...
+
+    def put(self, customer: str, state: CustomerState) -> None: ...
+
+
+class DictStore:
+    """A plain dict as state store, for tests, replays and benchmarks."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, CustomerState] = {}
+
+    def get(self, customer: str) -> CustomerState | None:
+        return self.data.get(customer)
+
+    def put(self, customer: str, state: CustomerState) -> None:
+        self.data[customer] = state
+
+
+@dataclass
+class PartitionClock:
+    """Event-time clock, due-queue and value ranking of one partition."""
+
+    now: float = 0.0
+    #: Heap of (due time, customer); may hold stale entries, ``due_of`` says which are current.
+    due: list[tuple[float, str]] = field(default_factory=list)
+    due_of: dict[str, float] = field(default_factory=dict)
+    ranks: segments.PartitionRanks = field(default_factory=segments.PartitionRanks)
+
+    def schedule(self, customer: str, due: float | None) -> None:
+        """Set (or clear) a customer's due time; O(log n), no scan of other customers."""
+        if due is None:
+            self.due_of.pop(customer, None)
+            return
+        if self.due_of.get(customer) == due:
+            return
+        self.due_of[customer] = due
+        heapq.heappush(self.due, (due, customer))
+        if len(self.due) > 2 * len(self.due_of) + 1024:
+            # Stale entries pile up as customers keep buying; rebuild so memory stays
+            # proportional to customers, not to events.
+            self.due = [(d, c) for c, d in self.due_of.items()]
+            heapq.heapify(self.due)
+
+    def pop_due(self) -> tuple[float, str] | None:
+        """The next current (due, customer) at or before ``now``, or None."""
+        while self.due and self.due[0][0] <= self.now:
+            due, customer = heapq.heappop(self.due)
+            if self.due_of.get(customer) == due:
+                del self.due_of[customer]
+                return due, customer
+        return None
+
+
+class Engine:
+    """Turns records into state updates and outgoing events. Not thread-safe; one per worker."""
+
+    def __init__(
+        self,
+        config: ScoringConfig | None = None,
+        limits: Limits | None = None,
+        scorers: list[Scorer] | None = None,
+        wall_clock: Callable[[], float] = _time.time,
+    ) -> None:
+        self.config = config or ScoringConfig()
+        self.limits = limits or Limits()
+        self.scorers: list[Scorer] = scorers if scorers is not None else [FormulaScorer(self.config)]
+        self.model_version = model_version(self.scorers)
+        self.wall_clock = wall_clock
+        self.partitions: dict[int, PartitionClock] = {}
+
+    # -- partition lifecycle ---------------------------------------------------------------
+
+    def clock(self, partition: int) -> PartitionClock:
+        clock = self.partitions.get(partition)
+        if clock is None:
+            clock = self.partitions[partition] = PartitionClock()
+        return clock
+
+    def restore_partition(self, partition: int, states: Iterable[CustomerState]) -> int:
+        """Rebuild a partition's clock, due-queue and ranking from its recovered states."""
+        clock = self.partitions[partition] = PartitionClock()
+        count = 0
+        for state in states:
+            count += 1
+            clock.now = max(clock.now, state.last_event_at)
+            if state.value is not None:
+                clock.ranks.update(state.customer, state.value)
+            if state.next_due is not None:
+                clock.due_of[state.customer] = state.next_due
+        clock.due = [(d, c) for c, d in clock.due_of.items()]
+        heapq.heapify(clock.due)
+        return count
+
+    def forget_partition(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+
+    # -- the data path ---------------------------------------------------------------------
+
+    def process(self, record: Record, store: StateStore) -> Result:
+        """Decode, fire due timers, apply, score, segment; never raises for bad input."""
+        result = Result()
+        try:
+            event = decode(record.value, record.topic_role, record.key, self.limits, self.wall_clock())
+        except InvalidEvent as exc:
+            return self._reject(record, exc.reason, exc.detail, result)
+        result.event_type = event.type
+        clock = self.clock(record.partition)
+        if event.time > clock.now:
+            clock.now = event.time
+            self.fire_due(record.partition, store, result)
+        state = store.get(event.customer)
+        if state is None:
+            state = CustomerState(customer=event.customer, partition=record.partition)
+            result.new_customer = True
+        if is_duplicate(state, event):
+            result.duplicate = True
+            return result
+        state = apply(state, event, self.config)
+        self._evaluate(state, clock.now, {"event_id": event.id, "event_type": event.type}, clock, result)
+        store.put(event.customer, state)
+        return result
+
+    def reject(self, record: Record, reason: str, detail: str) -> Result:
+        """Dead-letter a record the shell could not process (e.g. an unexpected exception)."""
+        return self._reject(record, reason, detail, Result())
+
+    def _reject(self, record: Record, reason: str, detail: str, result: Result) -> Result:
+        result.rejected = reason
+        payload = outputs.event_rejected(
+            reason,
+            detail,
+            record.value,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp_ms,
+            record.key,
+            self.wall_clock(),
+        )
+        result.outgoing.append(Outgoing(DEAD_LETTER, record.key or b"", payload))
+        return result
+
+    def fire_due(self, partition: int, store: StateStore, result: Result) -> None:
+        """Re-evaluate every customer whose due time the partition clock has passed."""
+        clock = self.clock(partition)
+        while (item := clock.pop_due()) is not None:
+            due, customer = item
+            state = store.get(customer)
+            if state is None or state.next_due != due:
+                continue  # state moved on without the queue knowing (should not happen)
+            result.timers_fired += 1
+            self._evaluate(state, due, {"timer": f"due@{outputs.rfc3339(due)}"}, clock, result)
+            store.put(customer, state)
+
+    def _evaluate(self, state: CustomerState, now: float, cause: dict[str, str], clock: PartitionClock, result: Result) -> None:
+        """Score ``state`` at ``now``, update its segments in place, emit outgoing events."""
+        feats = features_mod.compute(state, now, self.config)
+        scores = score(feats, self.scorers)
+        clv = scores["formula_clv"] if feats.orders else None
+        clock.ranks.update(state.customer, clv)
+        assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, self.config)}
+        if clv is not None:
+            assigned[segments.VALUE_TIER] = segments.value_tier(clv, clock.ranks, self.config)
+        key = state.customer.encode()
+        for family, assignment in assigned.items():
+            old = state.segments.get(family)
+            if assignment.segment != old:
+                state.segments[family] = assignment.segment
+                result.transitions.append(Transition(family, old, assignment.segment))
+                result.outgoing.append(
+                    Outgoing(
+                        SEGMENT_CHANGES,
+                        key,
+                        outputs.segment_changed(state.customer, family, old, assignment.segment, now, assignment.reason, scores),
+                    )
+                )
+        state.value = clv
+        state.next_due = segments.next_change_at(feats, scores, self.config)
+        clock.schedule(state.customer, state.next_due)
+        result.outgoing.append(
+            Outgoing(
+                SCORES,
+                key,
+                outputs.customer_scored(
+                    state.customer, now, cause, scores, feats.summary(), dict(state.segments), self.model_version
+                ),
+            )
+        )

@@ -1,0 +1,115 @@
+"""Decode and validate one raw Kafka record into an :class:`Event`.
+
+Everything that can be wrong with an input is detected here and raised as
+:class:`~streamer.errors.InvalidEvent` with a reason code, so the shell only has to route it to
+the dead-letter topic. Order of checks: cheapest and most fundamental first, so the reason
+names the first thing a producer must fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from streamer import contracts
+from streamer.core.config import Limits
+from streamer.errors import InvalidEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated input event, in the reporting currency."""
+
+    id: str
+    type: str
+    time: float  # event time, epoch seconds
+    customer: str
+    data: dict[str, Any]
+    source: str
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 string -> epoch seconds. Raises ValueError on a malformed or naive time."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("time has no UTC offset")
+    return parsed.timestamp()
+
+
+def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits, wall_now: float) -> Event:
+    """Turn one record's bytes into an :class:`Event`, or raise :class:`InvalidEvent`.
+
+    ``topic_role`` is the logical input topic ("orders", "email-events", "community-events"),
+    ``wall_now`` the wall-clock time used to reject events from the far future.
+    """
+    if raw is None:
+        raise InvalidEvent("bad_json", "record has no value (null payload)")
+    if len(raw) > limits.max_event_bytes:
+        raise InvalidEvent("oversized", f"{len(raw)} bytes exceeds the limit of {limits.max_event_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+
+    subject = doc.get("subject")
+    if not isinstance(subject, str) or not subject.strip():
+        raise InvalidEvent("missing_customer_id", "CloudEvents 'subject' (the customer id) is missing or empty")
+    type_name = doc.get("type")
+    expected_role = contracts.INPUT_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if expected_role is None:
+        raise InvalidEvent("unknown_type", f"unknown event type {str(type_name)[:80]!r}")
+    if expected_role != topic_role:
+        raise InvalidEvent("wrong_topic", f"{type_name!r} belongs on the {expected_role!r} topic, not {topic_role!r}")
+
+    error = contracts.first_error(doc)
+    if error is not None:
+        raise InvalidEvent("schema_violation", error)
+
+    if key is not None and key != subject.encode():
+        # The key decides the partition, and the partition decides which state a customer's
+        # events meet: a mismatch would split one customer's state across partitions.
+        raise InvalidEvent("key_mismatch", "record key differs from the event's subject (customer id)")
+
+    try:
+        time = parse_time(doc["time"])
+    except ValueError as exc:
+        raise InvalidEvent("schema_violation", f"time: {exc}") from None
+    if time < limits.min_event_time or time > wall_now + limits.max_future_skew_s:
+        raise InvalidEvent("absurd_value", f"event time {doc['time']} is outside the accepted range")
+
+    data = doc["data"]
+    if type_name in ("Order Completed", "Order Refunded"):
+        data = _normalise_money(type_name, data, limits)
+    return Event(id=doc["id"], type=type_name, time=time, customer=subject, data=data, source=doc["source"])
+
+
+def _normalise_money(type_name: str, data: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Convert amounts to the reporting currency and derive ``margin`` from ``cost`` if needed."""
+    rate = limits.fx_rates.get(data["currency"])
+    if rate is None:
+        raise InvalidEvent(
+            "unsupported_currency",
+            f"currency {data['currency']} has no configured rate to {limits.reporting_currency} (FX_RATES)",
+        )
+    total = float(data["total"]) * rate
+    if type_name == "Order Refunded":
+        return {"order_id": data["order_id"], "total": total}
+    margin = float(data["margin"]) * rate if "margin" in data else total - float(data["cost"]) * rate
+    if margin > total + 1e-6:
+        raise InvalidEvent("absurd_value", "margin exceeds the order total")
+    if margin < -10 * max(total, 1.0):
+        raise InvalidEvent("absurd_value", "margin is a loss of more than ten times the order total")
+    tiers = {p["tier"] for p in data["products"]}
+    return {
+        "order_id": data["order_id"],
+        "total": total,
+        "margin": margin,
+        "discount": float(data.get("discount", 0.0)) * rate,
+        "basic": "basic" in tiers,
+        "advanced": "advanced" in tiers,
+    }

@@ -1,0 +1,138 @@
+"""Features: what the scores and segment rules read, computed from state at a moment ``now``.
+
+Same-day orders are one *transaction* (the buy-till-you-die convention: frequency counts
+repeat purchase days), while revenue and margin add up over every order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from streamer.core.config import DAY, YEAR_DAYS, ScoringConfig
+from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_DISCOUNT, O_FLAGS, O_TIME, CustomerState, net_of_refunds
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Summary of one customer at ``now`` (event time, epoch seconds)."""
+
+    now: float
+    orders: int
+    transactions: int  # distinct purchase days
+    revenue: float  # net of refunds, reporting currency
+    margin: float  # net of refunds
+    discount: float
+    first_order_at: float | None
+    last_order_at: float | None
+    previous_order_at: float | None  # the purchase day before the last one
+    purchase_days_in_loyal_window: int
+    #: The time the loyal window drops below ``loyal_orders`` orders (None if never loyal now).
+    loyal_until: float | None
+    aov: float  # average order value
+    margin_rate: float
+    recency_days: float  # since the last order (0 without orders)
+    age_days: float  # since the first order
+    mean_interval_days: float  # shrunk toward the prior for customers with few purchases
+    purchases_per_year: float
+    repeat_transactions: int
+    bought_basic: bool
+    bought_advanced: bool
+    emails_opened: int
+    emails_clicked: int
+    unsubscribed: bool
+    hard_bounced: bool
+    community_actions: int
+    referrals: int
+    has_survey: bool
+
+    def summary(self) -> dict[str, float | int | bool | None]:
+        """The inputs a score update publishes, rounded for humans."""
+        out = asdict(self)
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features:
+    """Derive :class:`Features` from ``state`` as of event time ``now``."""
+    arch = state.archive
+    n_orders = int(arch[0])
+    revenue, margin, discount = arch[1], arch[2], arch[3]
+    times: list[float] = []
+    basic = advanced = False
+    for order_id, order in state.orders.items():
+        total, order_margin = net_of_refunds(order, state.refunds.get(order_id, {}))
+        n_orders += 1
+        revenue += total
+        margin += order_margin
+        discount += order[O_DISCOUNT]
+        times.append(order[O_TIME])
+        flags = int(order[O_FLAGS])
+        basic |= bool(flags & FLAG_BASIC)
+        advanced |= bool(flags & FLAG_ADVANCED)
+
+    days = sorted({t // DAY for t in times})
+    transactions = len(days) + int(arch[4])
+    if arch[0] and days and days[0] == arch[6] // DAY:
+        transactions -= 1  # the archive's last day is also a kept day
+    first = min([*times, arch[5]] if arch[0] else times) if (times or arch[0]) else None
+    last = max([*times, arch[6]] if arch[0] else times) if (times or arch[0]) else None
+    # The purchase day before the last one marks a reactivation when the gap is a lapse.
+    purchase_days = sorted({t // DAY for t in times} | ({arch[6] // DAY} if arch[0] else set()))
+    previous = purchase_days[-2] * DAY if len(purchase_days) >= 2 else None
+
+    # Loyalty counts purchase days, like frequency: three items bought in one sitting are
+    # one visit, not loyalty. Each day is represented by its latest order time.
+    window_start = now - config.loyal_window_days * DAY
+    latest_per_day: dict[float, float] = {}
+    for t in times:
+        if window_start < t <= now:
+            day = t // DAY
+            latest_per_day[day] = max(latest_per_day.get(day, t), t)
+    recent = sorted(latest_per_day.values(), reverse=True)
+    loyal_until = None
+    if len(recent) >= config.loyal_orders:
+        loyal_until = recent[config.loyal_orders - 1] + config.loyal_window_days * DAY
+
+    repeats = max(transactions - 1, 0)
+    span_days = (last - first) / DAY if first is not None and last is not None else 0.0
+    k = config.prior_interval_weight
+    mean_interval = (span_days + k * config.prior_interval_days) / (repeats + k)
+    email = state.email
+    community = state.community
+    return Features(
+        now=now,
+        orders=n_orders,
+        transactions=transactions,
+        revenue=revenue,
+        margin=margin,
+        discount=discount,
+        first_order_at=first,
+        last_order_at=last,
+        previous_order_at=previous,
+        purchase_days_in_loyal_window=len(recent),
+        loyal_until=loyal_until,
+        aov=revenue / n_orders if n_orders else 0.0,
+        margin_rate=margin / revenue if revenue > 0 else 0.0,
+        recency_days=max(now - last, 0.0) / DAY if last is not None else 0.0,
+        age_days=max(now - first, 0.0) / DAY if first is not None else 0.0,
+        mean_interval_days=mean_interval,
+        purchases_per_year=YEAR_DAYS / mean_interval if mean_interval > 0 else 0.0,
+        repeat_transactions=repeats,
+        bought_basic=basic,
+        bought_advanced=advanced,
+        emails_opened=int(email.get("opened", 0)),
+        emails_clicked=int(email.get("clicked", 0)),
+        unsubscribed=bool(email.get("unsubscribed", False)),
+        hard_bounced=bool(email.get("hard_bounced", False)),
+        community_actions=int(sum(v for key, v in community.items() if key in ("posts", "replies", "answers_accepted", "reviews"))),
+        referrals=int(community.get("referrals", 0)),
+        has_survey=bool(state.survey),
+    )
+
+
+def annuity_years(years: float, annual_discount_rate: float) -> float:
+    """Present value of 1/year paid continuously for ``years`` at a continuous-equivalent rate."""
+    delta = math.log1p(annual_discount_rate)
+    if delta == 0:
+        return years
+    return (1.0 - math.exp(-delta * years)) / delta

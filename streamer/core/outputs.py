@@ -1,0 +1,131 @@
+"""Outgoing CloudEvents: customer-scores, segment-changes and dead-letter records.
+
+Ids of score updates and segment changes are derived from their content, so reprocessing the
+same input after a crash produces the same ids and downstream services can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+SOURCE = "/clv-streamer"
+MAX_RAW_BYTES = 64 * 1024
+
+
+def rfc3339(t: float) -> str:
+    """Epoch seconds -> ``2025-03-01T12:00:00.000Z``."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def deterministic_id(prefix: str, *parts: object) -> str:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+    return f"{prefix}-{digest}"
+
+
+def _envelope(type_name: str, event_id: str, time: float, subject: str, data: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": SOURCE,
+            "type": type_name,
+            "time": rfc3339(time),
+            "subject": subject,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )
+
+
+def rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in scores.items()}
+
+
+def customer_scored(
+    customer: str,
+    as_of: float,
+    cause: dict[str, str],
+    scores: dict[str, float],
+    inputs: dict[str, Any],
+    segments: dict[str, str | None],
+    model_version: str,
+) -> bytes:
+    cause_key = cause.get("event_id") or cause.get("timer")
+    return _envelope(
+        "Customer Scored",
+        deterministic_id("score", customer, cause_key, as_of),
+        as_of,
+        customer,
+        {
+            "customer": customer,
+            "model_version": model_version,
+            "as_of": rfc3339(as_of),
+            "cause": cause,
+            "scores": rounded(scores),
+            "inputs": inputs,
+            "segments": segments,
+        },
+    )
+
+
+def segment_changed(
+    customer: str, family: str, old: str | None, new: str | None, at: float, reason: str, scores: dict[str, float]
+) -> bytes:
+    return _envelope(
+        "Segment Changed",
+        deterministic_id("seg", customer, family, old, new, at),
+        at,
+        customer,
+        {
+            "customer": customer,
+            "family": family,
+            "from": old,
+            "to": new,
+            "at": rfc3339(at),
+            "reason": reason,
+            "scores": rounded(scores),
+        },
+    )
+
+
+def event_rejected(
+    reason: str,
+    detail: str,
+    raw: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    wall_now: float,
+) -> bytes:
+    raw = raw or b""
+    kept = raw[:MAX_RAW_BYTES]
+    return _envelope(
+        "Event Rejected",
+        deterministic_id("rej", topic, partition, offset),
+        wall_now,
+        # The subject would be the customer id, but a rejected record may have none (or a
+        # garbage one): name the source position instead.
+        f"{topic}/{partition}/{offset}",
+        {
+            "reason": reason,
+            "detail": detail[:1000],
+            "source": {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "timestamp_ms": timestamp_ms,
+                "key_b64": base64.b64encode(key).decode() if key is not None else None,
+            },
+            "raw_b64": base64.b64encode(kept).decode(),
+            "raw_size": len(raw),
+            "raw_truncated": len(kept) < len(raw),
+            "rejected_at": rfc3339(wall_now),
+        },
+    )

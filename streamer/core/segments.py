@@ -1,0 +1,111 @@
+"""Segment rules: which segment of each family a customer is in, and why.
+
+Rules are pure functions of features and scores at a moment, so the same history gives the
+same segments whether it is replayed or lived through. :func:`next_change_at` tells when a
+customer's lifecycle can change with *no* new event (at risk, lapse, end of loyalty), which
+the engine keeps in a due-queue per partition.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from streamer.core.config import DAY, ScoringConfig
+from streamer.core.features import Features
+from streamer.core.scoring import days_until_risk
+
+LIFECYCLE = "lifecycle"
+VALUE_TIER = "value_tier"
+FAMILIES = (LIFECYCLE, VALUE_TIER)
+
+#: Timers fire this long after the computed boundary, so the rule re-evaluated at the due
+#: time is past the boundary despite float rounding.
+TIMER_SLACK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    segment: str | None
+    reason: str
+
+
+def _date(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d")
+
+
+def lifecycle(f: Features, scores: dict[str, float], config: ScoringConfig) -> Assignment:
+    """new → repeat → loyal; at_risk and lapsed by silence; reactivated after a lapse."""
+    if f.orders == 0 or f.last_order_at is None:
+        return Assignment(None, "no orders")
+    if f.recency_days >= config.lapse_days:
+        return Assignment("lapsed", f"no order for {f.recency_days:.0f} days (last on {_date(f.last_order_at)})")
+    risk = scores["churn_risk"]
+    if risk >= config.at_risk_threshold:
+        return Assignment(
+            "at_risk",
+            f"churn risk {risk:.2f} ≥ {config.at_risk_threshold:.2f}: {f.recency_days:.0f} days since the last "
+            f"order, usual interval {f.mean_interval_days:.0f} days",
+        )
+    if f.previous_order_at is not None and (f.last_order_at - f.previous_order_at) / DAY >= config.lapse_days:
+        gap = (f.last_order_at - f.previous_order_at) / DAY
+        return Assignment("reactivated", f"ordered again after {gap:.0f} days without an order")
+    if f.purchase_days_in_loyal_window >= config.loyal_orders:
+        return Assignment(
+            "loyal", f"{f.purchase_days_in_loyal_window} purchase days within {config.loyal_window_days:.0f} days"
+        )
+    if f.transactions >= 2:
+        return Assignment("repeat", f"{f.transactions} purchase days")
+    return Assignment("new", "first order")
+
+
+def next_change_at(f: Features, scores: dict[str, float], config: ScoringConfig) -> float | None:
+    """Earliest event time after ``f.now`` at which :func:`lifecycle` may change on its own."""
+    if f.orders == 0 or f.last_order_at is None:
+        return None
+    candidates = [f.last_order_at + config.lapse_days * DAY]
+    risk_after = days_until_risk(config.at_risk_threshold, f.mean_interval_days, scores["dropout_probability"])
+    candidates.append(f.last_order_at + risk_after * DAY)
+    if f.loyal_until is not None:
+        candidates.append(f.loyal_until)
+    future = [c + TIMER_SLACK_S for c in candidates if c + TIMER_SLACK_S > f.now]
+    return min(future) if future else None
+
+
+class PartitionRanks:
+    """Sorted CLV values of one partition's customers, for value tiers by quantile.
+
+    A partition is a hash sample of all customers, so its quantiles estimate the population's;
+    ranking within the partition (not the worker) keeps tiers independent of how partitions
+    are spread over workers, so rebalancing and replays give the same tiers.
+    """
+
+    def __init__(self) -> None:
+        self._values: list[float] = []
+        self._by_customer: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def update(self, customer: str, value: float | None) -> None:
+        old = self._by_customer.pop(customer, None)
+        if old is not None:
+            del self._values[bisect_left(self._values, old)]
+        if value is not None:
+            self._by_customer[customer] = value
+            insort(self._values, value)
+
+    def quantile(self, value: float) -> float:
+        """Share of ranked customers with a strictly lower value."""
+        return bisect_left(self._values, value) / len(self._values) if self._values else 0.0
+
+
+def value_tier(clv: float, ranks: PartitionRanks, config: ScoringConfig) -> Assignment:
+    if len(ranks) < config.value_tier_min_population:
+        return Assignment("unranked", f"fewer than {config.value_tier_min_population} scored customers to rank against")
+    q = ranks.quantile(clv)
+    for tier, floor in config.value_tiers:
+        if q >= floor:
+            return Assignment(tier, f"CLV {clv:.2f} ranks above {q:.0%} of customers")
+    raise AssertionError("value_tiers must end with a floor of 0")

@@ -1,0 +1,200 @@
+"""Per-customer state and the pure update ``apply(state, event) -> state``.
+
+State is built so that applying the same set of events in any order gives the same result
+(orders are keyed by ``order_id``, refunds by event id, time fields take the max): late and
+out-of-order events then need no special handling, and redelivered events change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from streamer.core.config import DAY, ScoringConfig
+from streamer.core.events import Event
+
+STATE_VERSION = 1
+
+# Order record layout (a list, not a dict, to keep state small in the table).
+O_TIME, O_TOTAL, O_MARGIN, O_DISCOUNT, O_FLAGS = range(5)
+FLAG_BASIC, FLAG_ADVANCED = 1, 2
+
+EMAIL_COUNTERS = {
+    "Email Delivered": "delivered",
+    "Email Opened": "opened",
+    "Email Link Clicked": "clicked",
+}
+COMMUNITY_COUNTERS = {
+    "Community Posted": "posts",
+    "Community Replied": "replies",
+    "Answer Accepted": "answers_accepted",
+    "Review Posted": "reviews",
+    "Referral Made": "referrals",
+}
+
+
+@dataclass
+class CustomerState:
+    """Everything the scorer knows about one customer. JSON-serialisable, versioned."""
+
+    customer: str
+    partition: int = -1
+    last_event_at: float = 0.0
+    #: order_id -> [time, total, margin, discount, flags]
+    orders: dict[str, list[float]] = field(default_factory=dict)
+    #: order_id -> {refund event id: amount}; may name an order not seen yet (late order).
+    refunds: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Orders folded out of ``orders`` when more than ``max_orders_kept``:
+    #: [orders, revenue, margin, discount, distinct days, first time, last time]
+    archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0])
+    email: dict[str, Any] = field(default_factory=dict)
+    survey: dict[str, Any] = field(default_factory=dict)
+    community: dict[str, Any] = field(default_factory=dict)
+    #: Recent non-order event ids, newest last, bounded (de-duplication of redeliveries).
+    seen: list[str] = field(default_factory=list)
+    #: Last published segment per family.
+    segments: dict[str, str | None] = field(default_factory=dict)
+    #: Last published formula CLV (what the partition's value-tier ranking holds).
+    value: float | None = None
+    #: Next event time at which a segment may change with no new event (lapse, at risk...).
+    next_due: float | None = None
+    v: int = STATE_VERSION
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "CustomerState":
+        doc = orjson.loads(raw)
+        version = doc.get("v")
+        if version != STATE_VERSION:
+            raise ValueError(f"unsupported state version {version}")
+        return cls(**doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_duplicate(state: CustomerState, event: Event) -> bool:
+    """True when ``event`` has already been applied to ``state``."""
+    if event.type == "Order Completed":
+        return event.data["order_id"] in state.orders
+    if event.type == "Order Refunded":
+        return event.id in state.refunds.get(event.data["order_id"], ())
+    return event.id in state.seen
+
+
+def apply(state: CustomerState, event: Event, config: ScoringConfig) -> CustomerState:
+    """Return the state after ``event``; ``state`` itself is not modified.
+
+    A duplicate (same order id, same refund event id, or a recently seen event id) returns
+    ``state`` unchanged, so redelivery never double counts.
+    """
+    if is_duplicate(state, event):
+        return state
+    new = copy.deepcopy(state)
+    new.last_event_at = max(new.last_event_at, event.time)
+    handler = _HANDLERS.get(event.type)
+    if handler is None:
+        raise ValueError(f"no state handler for {event.type!r}")
+    handler(new, event, config)
+    if event.type not in ("Order Completed", "Order Refunded"):
+        new.seen.append(event.id)
+        if len(new.seen) > config.dedup_ids_kept:
+            del new.seen[: len(new.seen) - config.dedup_ids_kept]
+    return new
+
+
+def _order_completed(state: CustomerState, event: Event, config: ScoringConfig) -> None:
+    data = event.data
+    flags = (FLAG_BASIC if data["basic"] else 0) | (FLAG_ADVANCED if data["advanced"] else 0)
+    state.orders[data["order_id"]] = [event.time, data["total"], data["margin"], data["discount"], flags]
+    if len(state.orders) > config.max_orders_kept:
+        _fold_oldest(state)
+
+
+def _fold_oldest(state: CustomerState) -> None:
+    """Move the oldest kept order into the archive aggregates, net of its refunds."""
+    order_id = min(state.orders, key=lambda oid: (state.orders[oid][O_TIME], oid))
+    order = state.orders.pop(order_id)
+    total, margin = net_of_refunds(order, state.refunds.pop(order_id, {}))
+    arch = state.archive
+    day = order[O_TIME] // DAY
+    kept_days = {o[O_TIME] // DAY for o in state.orders.values()}
+    new_day = arch[4] == 0 or (day != arch[6] // DAY and day not in kept_days)
+    arch[0] += 1
+    arch[1] += total
+    arch[2] += margin
+    arch[3] += order[O_DISCOUNT]
+    arch[4] += 1 if new_day else 0
+    arch[5] = order[O_TIME] if arch[0] == 1 else min(arch[5], order[O_TIME])
+    arch[6] = max(arch[6], order[O_TIME])
+
+
+def net_of_refunds(order: list[float], refunds: dict[str, float]) -> tuple[float, float]:
+    """(total, margin) of an order after its refunds; margin shrinks in proportion."""
+    total = order[O_TOTAL]
+    refunded = min(sum(refunds.values()), total) if refunds else 0.0
+    if total <= 0:
+        return total, order[O_MARGIN]
+    share = (total - refunded) / total
+    return total - refunded, order[O_MARGIN] * share
+
+
+def _order_refunded(state: CustomerState, event: Event, config: ScoringConfig) -> None:
+    state.refunds.setdefault(event.data["order_id"], {})[event.id] = event.data["total"]
+
+
+def _email(state: CustomerState, event: Event, config: ScoringConfig) -> None:
+    email = state.email
+    counter = EMAIL_COUNTERS.get(event.type)
+    if counter:
+        email[counter] = email.get(counter, 0) + 1
+    if event.type in ("Email Opened", "Email Link Clicked"):
+        email["last_engaged_at"] = max(email.get("last_engaged_at", 0.0), event.time)
+    elif event.type == "Email Bounced":
+        if event.data["bounce_type"] == "hard":
+            email["hard_bounced"] = True
+        else:
+            email["soft_bounces"] = email.get("soft_bounces", 0) + 1
+    elif event.type == "Unsubscribed":
+        email["unsubscribed"] = True
+
+
+def _survey(state: CustomerState, event: Event, config: ScoringConfig) -> None:
+    # Newest answer wins, by event time, so a late older answer does not overwrite it.
+    if event.time >= state.survey.get("at", float("-inf")):
+        state.survey = {"at": event.time, **{k: event.data[k] for k in ("goal", "problem", "preferences") if k in event.data}}
+
+
+def _community(state: CustomerState, event: Event, config: ScoringConfig) -> None:
+    community = state.community
+    if event.type == "Community Joined":
+        community["joined_at"] = min(community.get("joined_at", event.time), event.time)
+        return
+    counter = COMMUNITY_COUNTERS[event.type]
+    community[counter] = community.get(counter, 0) + 1
+    if event.type == "Review Posted":
+        community["rating_sum"] = community.get("rating_sum", 0) + event.data["rating"]
+    community["last_active_at"] = max(community.get("last_active_at", 0.0), event.time)
+
+
+_HANDLERS = {
+    "Order Completed": _order_completed,
+    "Order Refunded": _order_refunded,
+    "Email Delivered": _email,
+    "Email Opened": _email,
+    "Email Link Clicked": _email,
+    "Email Bounced": _email,
+    "Unsubscribed": _email,
+    "Survey Answered": _survey,
+    "Community Joined": _community,
+    "Community Posted": _community,
+    "Community Replied": _community,
+    "Answer Accepted": _community,
+    "Review Posted": _community,
+    "Referral Made": _community,
+}

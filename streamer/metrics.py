@@ -1,0 +1,68 @@
+"""Prometheus metrics — the only module that imports ``prometheus_client``.
+
+Labels are bounded sets (topic, event type, reason, family, segment, partition); never a
+customer id, so cardinality stays fixed however many customers there are.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from streamer.core.engine import Result
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The worker's metrics; one instance per process (it registers collectors)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.consumed = Counter(
+            "clv_events_consumed_total", "Input records consumed, by topic and event type.", ["topic", "type"], registry=registry
+        )
+        self.invalid = Counter(
+            "clv_events_invalid_total", "Input records sent to dead-letter, by topic and reason.", ["topic", "reason"], registry=registry
+        )
+        self.duplicates = Counter(
+            "clv_events_duplicate_total", "Valid events ignored because they were already applied.", ["topic"], registry=registry
+        )
+        self.latency = Histogram(
+            "clv_processing_latency_seconds",
+            "Time from a record reaching the agent to its score update being handed to the producer.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "clv_segment_transitions_total", "Segment changes published, by family and from/to segment.", ["family", "from_segment", "to_segment"], registry=registry
+        )
+        self.published = Counter(
+            "clv_events_published_total", "Records produced, by output topic.", ["topic"], registry=registry
+        )
+        self.timers = Counter("clv_timers_fired_total", "Event-time timers fired (lapse, at risk, loyalty end).", registry=registry)
+        self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
+        self.event_time = Gauge(
+            "clv_partition_event_time_seconds", "Event-time clock (newest event time, epoch s) per partition.", ["partition"], registry=registry
+        )
+
+    def record(self, topic: str, partition: int, result: Result, event_time: float | None) -> None:
+        """Count one processed record (latency is observed when the score is acknowledged)."""
+        if result.rejected is not None:
+            self.consumed.labels(topic, "invalid").inc()
+            self.invalid.labels(topic, result.rejected).inc()
+        else:
+            self.consumed.labels(topic, result.event_type or "unknown").inc()
+            if result.duplicate:
+                self.duplicates.labels(topic).inc()
+        for t in result.transitions:
+            self.transitions.labels(t.family, t.old or "none", t.new or "none").inc()
+        for out in result.outgoing:
+            self.published.labels(out.topic_role).inc()
+        if result.timers_fired:
+            self.timers.inc(result.timers_fired)
+        if event_time is not None:
+            self.event_time.labels(str(partition)).set(event_time)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type, for the /metrics page."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

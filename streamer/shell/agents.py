@@ -1,0 +1,104 @@
+"""The agents: one per input topic, all feeding the same core engine and state table.
+
+Errors are contained per event: an exception while processing one record sends that record
+to dead-letter and the agent carries on. (A Faust agent that raises is restarted and the
+records it crashed on are acked — lost — so nothing may escape this loop.)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any, AsyncIterator
+
+from streamer.core.engine import SCORES, Engine, Record, Result
+from streamer.core.state import CustomerState
+from streamer.metrics import Metrics
+from streamer.shell.app import app, settings
+from streamer.shell.channels import inputs, outputs
+from streamer.shell.tables import customers, store
+
+log = logging.getLogger(__name__)
+
+engine = Engine(settings.scoring, settings.limits)
+metrics = Metrics()
+
+
+def to_record(role: str, message: Any) -> Record:
+    timestamp = getattr(message, "timestamp", None)
+    return Record(
+        topic_role=role,
+        topic=message.topic,
+        partition=message.partition if message.partition is not None else 0,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        timestamp_ms=int(timestamp * 1000) if timestamp else None,
+    )
+
+
+async def handle(role: str, event: Any) -> Result:
+    """Process one Faust event end to end; never raises for a bad or unlucky record."""
+    started = time.perf_counter()
+    record = to_record(role, event.message)
+    try:
+        result = engine.process(record, store)
+    except Exception as exc:  # noqa: BLE001 - containment is the point
+        # No customer id above debug: name the position and the exception type only.
+        log.error("processing failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
+        log.debug("processing failure detail", exc_info=True)
+        result = engine.reject(record, "processing_error", f"{type(exc).__name__}: {exc}")
+    await publish(result, started)
+    try:
+        clock = engine.partitions.get(record.partition)
+        metrics.record(role, record.partition, result, clock.now if clock else None)
+    except Exception as exc:  # noqa: BLE001 - a metrics bug must not crash the agent
+        log.error("metrics update failed: %s", type(exc).__name__)
+    return result
+
+
+async def publish(result: Result, started: float) -> None:
+    """Send every outgoing record; the event's own score update also measures latency."""
+    last_score = max((i for i, out in enumerate(result.outgoing) if out.topic_role == SCORES), default=None)
+    for i, out in enumerate(result.outgoing):
+        callback = None
+        if i == last_score:
+            callback = lambda _fut, _start=started: metrics.latency.observe(time.perf_counter() - _start)  # noqa: E731
+        await outputs[out.topic_role].send(key=out.key, value=out.value, callback=callback)
+
+
+def _agent_for(role: str) -> Any:
+    async def process(stream: AsyncIterator[Any]) -> None:
+        async for event in stream.events():  # type: ignore[attr-defined]
+            await handle(role, event)
+
+    process.__name__ = f"score_{role.replace('-', '_')}"
+    return app.agent(inputs[role], name=f"streamer.score-{role}")(process)
+
+
+score_orders = _agent_for("orders")
+score_email_events = _agent_for("email-events")
+score_community_events = _agent_for("community-events")
+
+
+@customers.on_recover
+async def rebuild_partitions() -> None:
+    """After recovery, rebuild each active partition's clock, due-queue and ranking."""
+    order_topic = settings.topics["orders"]
+    assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == order_topic}
+    by_partition: dict[int, list[CustomerState]] = defaultdict(list)
+    for _key, raw in customers.items():
+        state = CustomerState.from_bytes(raw)
+        if state.partition in assigned:
+            by_partition[state.partition].append(state)
+    for partition in list(engine.partitions):
+        if partition not in assigned:
+            engine.forget_partition(partition)
+    restored = sum(engine.restore_partition(p, by_partition.get(p, [])) for p in assigned)
+    log.info("state ready: %d customers on %d partitions", restored, len(assigned))
+
+
+@app.timer(interval=5.0)
+async def report_state_size() -> None:
+    metrics.customers.set(len(customers))

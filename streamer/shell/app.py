@@ -1,0 +1,35 @@
+"""The Faust App — configuration only; everything else imports this module."""
+
+from __future__ import annotations
+
+import faust
+
+from streamer import settings as settings_module
+from streamer.errors import ConfigError
+
+settings = settings_module.load()
+
+if not settings.kafka_bootstrap:
+    raise ConfigError("KAFKA_BOOTSTRAP is not set: point it at Kafka, or run `streamer demo` to use the embedded broker")
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
+    store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+    datadir=settings.data_dir,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    # Fast group joins: defaults (session 60 s, rebalance 60 s) made a worker take ~30 s to
+    # start on the embedded broker; these make it ~5 s and move a dead worker's partitions
+    # within the session timeout.
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=settings.heartbeat_interval,
+    broker_rebalance_timeout=settings.rebalance_timeout,
+    producer_linger=settings.linger_ms / 1000.0,
+    consumer_auto_offset_reset="earliest",
+    autodiscover=False,
+    web_enabled=True,
+)

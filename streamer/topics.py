@@ -1,0 +1,56 @@
+"""Create the service's topics with the right partitions and configs (aiokafka admin).
+
+Input topics and the state table's changelog must have the same partition count
+(co-partitioning): a customer's events and state then always meet on one partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    t = settings.topics
+    rf = settings.replication_factor
+    specs = [NewTopic(t[role], settings.partitions, rf) for role in settings.input_roles]
+    specs.append(NewTopic(t["customer-scores"], settings.output_partitions, rf, topic_configs=COMPACTED))
+    for role in ("segment-changes", "campaign-triggers", "dead-letter"):
+        specs.append(NewTopic(t[role], settings.output_partitions, rf))
+    return specs
+
+
+async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
+    """Create missing topics; returns the names created. Retries while the broker is down."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass  # another worker created them first
+                log.info("created topics: %s", ", ".join(s.name for s in missing))
+            return [s.name for s in missing]
+        except KafkaConnectionError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            await admin.close()
+    return []
