@@ -52,9 +52,9 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 class EmbeddedBroker:
     """Start Tansu on a free loopback port; ``bootstrap`` is what clients connect to.
 
-    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
-    ...     print(broker.bootstrap)
-    127.0.0.1:40123
+    >>> with EmbeddedBroker() as broker:
+    ...     broker.bootstrap.startswith("127.0.0.1:"), broker.process.poll() is None
+    (True, True)
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:

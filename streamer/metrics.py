@@ -39,6 +39,9 @@ class Metrics:
         self.published = Counter(
             "clv_events_published_total", "Records produced, by output topic.", ["topic"], registry=registry
         )
+        self.publish_errors = Counter(
+            "clv_publish_errors_total", "Records whose outgoing events could not be handed to the producer.", registry=registry
+        )
         self.timers = Counter("clv_timers_fired_total", "Event-time timers fired (lapse, at risk, loyalty end).", registry=registry)
         self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
         self.event_time = Gauge(

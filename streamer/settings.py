@@ -27,7 +27,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "PARTITIONS": ("8", "Partitions of the input topics and the state table (must match: co-partitioned)."),
     "OUTPUT_PARTITIONS": ("8", "Partitions of the output topics, when the worker creates them."),
     "REPLICATION_FACTOR": ("1", "Replication factor of topics the worker creates (3 on a production cluster)."),
-    "STORE": ("memory", "State table store: `memory` or `rocksdb` (needs the rocksdb extra)."),
+    "STORE": ("memory", "State table store: `memory` or `rocksdb` (local RocksDB files under DATA_DIR)."),
     "DATA_DIR": ("./data", "Where the worker keeps local table data (RocksDB files)."),
     "WEB_HOST": ("127.0.0.1", "Address of the worker's web server (/metrics, health)."),
     "WEB_PORT": ("6066", "Port of the worker's web server."),

@@ -70,9 +70,12 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     if error is not None:
         raise InvalidEvent("schema_violation", error)
 
-    if key is not None and key != subject.encode():
+    if key != subject.encode():
         # The key decides the partition, and the partition decides which state a customer's
-        # events meet: a mismatch would split one customer's state across partitions.
+        # events meet: a mismatch (or no key, which producers spread over partitions) would
+        # split one customer's state across partitions.
+        if key is None:
+            raise InvalidEvent("key_mismatch", "record has no key; the key must be the event's subject (customer id)")
         raise InvalidEvent("key_mismatch", "record key differs from the event's subject (customer id)")
 
     try:

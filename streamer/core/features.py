@@ -25,7 +25,7 @@ class Features:
     discount: float
     first_order_at: float | None
     last_order_at: float | None
-    previous_order_at: float | None  # the purchase day before the last one
+    previous_order_at: float | None  # latest order time on the purchase day before the last one
     purchase_days_in_loyal_window: int
     #: The time the loyal window drops below ``loyal_orders`` orders (None if never loyal now).
     loyal_until: float | None
@@ -76,9 +76,14 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         transactions -= 1  # the archive's last day is also a kept day
     first = min([*times, arch[5]] if arch[0] else times) if (times or arch[0]) else None
     last = max([*times, arch[6]] if arch[0] else times) if (times or arch[0]) else None
-    # The purchase day before the last one marks a reactivation when the gap is a lapse.
-    purchase_days = sorted({t // DAY for t in times} | ({arch[6] // DAY} if arch[0] else set()))
-    previous = purchase_days[-2] * DAY if len(purchase_days) >= 2 else None
+    # The purchase day before the last one marks a reactivation when the gap is a lapse. The
+    # gap is measured from that day's latest order, like the lapse timer (last order + lapse).
+    latest_of_day: dict[float, float] = {}
+    for t in [*times, arch[6]] if arch[0] else times:
+        day = t // DAY
+        latest_of_day[day] = max(latest_of_day.get(day, t), t)
+    purchase_days = sorted(latest_of_day)
+    previous = latest_of_day[purchase_days[-2]] if len(purchase_days) >= 2 else None
 
     # Loyalty counts purchase days, like frequency: three items bought in one sitting are
     # one visit, not loyalty. Each day is represented by its latest order time.

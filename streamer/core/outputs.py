@@ -15,6 +15,8 @@ import orjson
 
 SOURCE = "/clv-streamer"
 MAX_RAW_BYTES = 64 * 1024
+#: ``detail`` of an Event Rejected is at most this long (event-rejected.v1 schema).
+MAX_DETAIL_CHARS = 256
 
 
 def rfc3339(t: float) -> str:
@@ -115,7 +117,7 @@ def event_rejected(
         f"{topic}/{partition}/{offset}",
         {
             "reason": reason,
-            "detail": detail[:1000],
+            "detail": detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "\u2026",
             "source": {
                 "topic": topic,
                 "partition": partition,

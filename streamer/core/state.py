@@ -123,8 +123,10 @@ def _fold_oldest(state: CustomerState) -> None:
     total, margin = net_of_refunds(order, state.refunds.pop(order_id, {}))
     arch = state.archive
     day = order[O_TIME] // DAY
-    kept_days = {o[O_TIME] // DAY for o in state.orders.values()}
-    new_day = arch[4] == 0 or (day != arch[6] // DAY and day not in kept_days)
+    # The archive counts the distinct days of *its* orders. Folding goes oldest first, so a
+    # folded order is on the archive's last day or a later one; only that last day can also
+    # be a kept day, which features.compute subtracts once.
+    new_day = arch[4] == 0 or day != arch[6] // DAY
     arch[0] += 1
     arch[1] += total
     arch[2] += margin

@@ -49,7 +49,11 @@ async def handle(role: str, event: Any) -> Result:
         log.error("processing failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
         log.debug("processing failure detail", exc_info=True)
         result = engine.reject(record, "processing_error", f"{type(exc).__name__}: {exc}")
-    await publish(result, started)
+    try:
+        await publish(result, started)
+    except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
+        metrics.publish_errors.inc()
+        log.error("publishing results failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
     try:
         clock = engine.partitions.get(record.partition)
         metrics.record(role, record.partition, result, clock.now if clock else None)

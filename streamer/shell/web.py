@@ -22,6 +22,9 @@ async def healthz(web: Any, request: Any) -> Any:
 
 @app.page("/readyz")
 async def readyz(web: Any, request: Any) -> Any:
-    recovered = app.tables.recovery.completed.is_set()
+    # ``completed`` is set after the first recovery and never cleared, so a later recovery
+    # is seen through ``in_recovery``.
+    recovery = app.tables.recovery
+    recovered = recovery.completed.is_set() and not recovery.in_recovery
     ready = recovered and not app.rebalancing
     return web.json({"ready": ready, "recovered": recovered, "rebalancing": bool(app.rebalancing)}, status=200 if ready else 503)

@@ -1,0 +1,377 @@
+"""Agent tests: real CloudEvents bytes through the Faust agents' test contexts — no broker.
+
+Each test drives ``streamer.shell.agents`` (the real agents, table, engine and metrics) and
+captures what the agents send to the output topics (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streamer.core.state import CustomerState
+from streamer.shell import agents, tables, web
+from streamer.shell.app import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / f"{name}.json").read_text())
+
+
+def order_completed(customer: str, order_id: str, total: float, time: str = "2025-03-01T12:00:00Z", currency: str = "USD") -> bytes:
+    doc = example("order-completed.v1.basic-product")
+    doc.update(id=f"{order_id}-completed", subject=customer, time=time)
+    product = dict(doc["data"]["products"][0], price=total, quantity=1)
+    doc["data"] = dict(doc["data"], order_id=order_id, total=total, currency=currency, margin=round(total * 0.4, 2), products=[product])
+    return orjson.dumps(doc)
+
+
+def retarget(name: str, customer: str, **envelope: Any) -> bytes:
+    doc = copy.deepcopy(example(name))
+    doc.update(subject=customer, **envelope)
+    return orjson.dumps(doc)
+
+
+def state_of(customer: str) -> CustomerState | None:
+    raw = tables.customers.get(customer.encode())
+    return CustomerState.from_bytes(raw) if raw is not None else None
+
+
+def sent(mock: Any) -> list[tuple[bytes, dict[str, Any]]]:
+    """(key, decoded JSON value) of every call to a captured ``send``, in order."""
+    out = []
+    for call in mock.await_args_list:
+        assert not call.args, "the shell sends with keywords only"
+        assert isinstance(call.kwargs["value"], bytes)
+        out.append((call.kwargs["key"], json.loads(call.kwargs["value"])))
+    return out
+
+
+def sample(name: str, **labels: str) -> float:
+    return agents.metrics.registry.get_sample_value(name, labels or None) or 0.0
+
+
+class Counters:
+    """Snapshot metric samples now; ``delta`` says how much each moved since."""
+
+    def __init__(self, *specs: tuple[str, dict[str, str]]) -> None:
+        self.specs = specs
+        self.before = [sample(name, **labels) for name, labels in specs]
+
+    def delta(self) -> list[float]:
+        return [sample(name, **labels) - b for (name, labels), b in zip(self.specs, self.before)]
+
+
+# -- orders --------------------------------------------------------------------------------
+
+
+async def test_order_completed_updates_state_and_publishes(sends, feed):
+    customer = "cust-agent-order"
+    raw = order_completed(customer, "ORD-A-1", 59.8)
+    counters = Counters(
+        ("clv_events_consumed_total", {"topic": "orders", "type": "Order Completed"}),
+        ("clv_events_published_total", {"topic": "customer-scores"}),
+        ("clv_events_published_total", {"topic": "segment-changes"}),
+        ("clv_segment_transitions_total", {"family": "lifecycle", "from_segment": "none", "to_segment": "new"}),
+        ("clv_events_invalid_total", {"topic": "orders", "reason": "bad_json"}),
+    )
+
+    async with agents.score_orders.test_context() as agent:
+        result = await feed(agent, raw, key=customer.encode())
+
+    assert result.rejected is None and not result.duplicate
+    state = state_of(customer)
+    assert state is not None
+    assert state.customer == customer and state.partition == 0
+    assert list(state.orders) == ["ORD-A-1"]
+    assert state.orders["ORD-A-1"][1] == pytest.approx(59.8)  # total, reporting currency
+
+    [(key, score)] = sent(sends["customer-scores"])
+    assert key == customer.encode()
+    assert score["type"] == "Customer Scored" and score["subject"] == customer
+    data = score["data"]
+    assert data["customer"] == customer
+    assert data["cause"] == {"event_id": "ORD-A-1-completed", "event_type": "Order Completed"}
+    assert data["as_of"] == "2025-03-01T12:00:00.000Z"
+    assert data["inputs"]["orders"] == 1
+    assert data["inputs"]["revenue"] == pytest.approx(59.8)
+    assert {"historic_clv", "formula_clv", "churn_risk"} <= set(data["scores"])
+    assert data["segments"]["lifecycle"] == "new"
+
+    changes = sent(sends["segment-changes"])
+    assert {c["data"]["family"]: (c["data"]["from"], c["data"]["to"]) for _, c in changes} == {
+        "lifecycle": (None, "new"),
+        "value_tier": (None, data["segments"]["value_tier"]),
+    }
+    assert data["segments"]["value_tier"] is not None  # VALUE_TIER_MIN_POPULATION=1
+    assert all(k == customer.encode() and c["type"] == "Segment Changed" for k, c in changes)
+    sends["dead-letter"].assert_not_awaited()
+
+    assert counters.delta() == [1, 1, 2, 1, 0]
+
+
+async def test_orders_accumulate_and_currency_is_converted(sends, feed):
+    customer = "cust-agent-two-orders"
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-B-1", 100.0, "2025-03-01T12:00:00Z"), key=customer.encode())
+        await feed(agent, order_completed(customer, "ORD-B-2", 50.0, "2025-03-20T09:30:00Z", currency="EUR"), key=customer.encode())
+
+    state = state_of(customer)
+    assert set(state.orders) == {"ORD-B-1", "ORD-B-2"}
+    assert sum(o[1] for o in state.orders.values()) == pytest.approx(100.0 + 50.0 * 1.1)  # FX_RATES=EUR=1.1
+    scores = [v for _, v in sent(sends["customer-scores"])]
+    assert [s["data"]["inputs"]["orders"] for s in scores] == [1, 2]
+    assert scores[-1]["data"]["inputs"]["revenue"] == pytest.approx(155.0)
+    assert scores[-1]["data"]["cause"]["event_id"] == "ORD-B-2-completed"
+    sends["dead-letter"].assert_not_awaited()
+
+
+async def test_duplicate_order_changes_nothing_and_sends_nothing(sends, feed):
+    customer = "cust-agent-dup"
+    raw = order_completed(customer, "ORD-C-1", 42.0)
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, raw, key=customer.encode())
+        stored = tables.customers[customer.encode()]
+        calls = {role: mock.await_count for role, mock in sends.items()}
+        counters = Counters(
+            ("clv_events_duplicate_total", {"topic": "orders"}),
+            ("clv_events_consumed_total", {"topic": "orders", "type": "Order Completed"}),
+            ("clv_events_published_total", {"topic": "customer-scores"}),
+        )
+        result = await feed(agent, raw, key=customer.encode())
+
+    assert result.duplicate and result.rejected is None and result.outgoing == []
+    assert tables.customers[customer.encode()] == stored
+    assert len(state_of(customer).orders) == 1
+    assert {role: mock.await_count for role, mock in sends.items()} == calls
+    assert counters.delta() == [1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "reason"),
+    [
+        (b'{"specversion": "1.0", "id": ', b"cust-agent-bad", "bad_json"),
+        (b"\xff\xfe not even text", None, "bad_json"),
+        (b"[1, 2, 3]", b"cust-agent-bad", "not_an_object"),
+    ],
+    ids=["truncated-json", "binary-no-key", "json-array"],
+)
+async def test_bad_record_goes_to_dead_letter(sends, feed, raw, key, reason):
+    counters = Counters(
+        ("clv_events_invalid_total", {"topic": "orders", "reason": reason}),
+        ("clv_events_consumed_total", {"topic": "orders", "type": "invalid"}),
+        ("clv_events_published_total", {"topic": "dead-letter"}),
+    )
+    async with agents.score_orders.test_context() as agent:
+        result = await feed(agent, raw, key=key, timestamp=1_740_830_400.25)
+
+    assert result.rejected == reason
+    [(dl_key, rejected)] = sent(sends["dead-letter"])
+    assert dl_key == (key or b"")
+    assert rejected["type"] == "Event Rejected"
+    data = rejected["data"]
+    assert data["reason"] == reason and data["detail"]
+    assert data["source"] == {
+        "topic": "orders",
+        "partition": 0,
+        "offset": 0,
+        "timestamp_ms": 1_740_830_400_250,
+        "key_b64": base64.b64encode(key).decode() if key is not None else None,
+    }
+    assert base64.b64decode(data["raw_b64"]) == raw
+    assert data["raw_size"] == len(raw) and data["raw_truncated"] is False
+    sends["customer-scores"].assert_not_awaited()
+    sends["segment-changes"].assert_not_awaited()
+    assert len(tables.customers) == 0
+    assert counters.delta() == [1, 1, 1]
+
+
+async def test_event_on_the_wrong_topic_is_rejected(sends, feed):
+    customer = "cust-agent-wrong-topic"
+    async with agents.score_email_events.test_context() as agent:
+        result = await feed(agent, order_completed(customer, "ORD-D-1", 10.0), key=customer.encode())
+
+    assert result.rejected == "wrong_topic"
+    [(key, rejected)] = sent(sends["dead-letter"])
+    assert key == customer.encode()
+    assert rejected["data"]["reason"] == "wrong_topic"
+    assert rejected["data"]["source"]["topic"] == "email-events"
+    assert state_of(customer) is None
+
+
+# -- email and community agents ------------------------------------------------------------
+
+
+async def test_email_event_and_survey_update_state(sends, feed):
+    customer = "cust-agent-email"
+    opened = retarget("email-opened.v1.campaign", customer)
+    survey = retarget("survey-answered.v1.onboarding", customer)
+    counters = Counters(
+        ("clv_events_consumed_total", {"topic": "email-events", "type": "Email Opened"}),
+        ("clv_events_consumed_total", {"topic": "email-events", "type": "Survey Answered"}),
+    )
+    async with agents.score_email_events.test_context() as agent:
+        await feed(agent, opened, key=customer.encode())
+        await feed(agent, survey, key=customer.encode())
+
+    state = state_of(customer)
+    assert state.email["opened"] == 1
+    assert state.email["last_engaged_at"] > 0
+    assert state.survey["goal"] == "Drink less coffee, more tea"
+    assert state.survey["preferences"] == ["green tea", "loose leaf", "organic"]
+    assert state.seen == ["esp-evt-100410", "survey-resp-88121"]
+    assert state.orders == {}
+
+    scores = [v for _, v in sent(sends["customer-scores"])]
+    assert [s["data"]["cause"]["event_type"] for s in scores] == ["Email Opened", "Survey Answered"]
+    assert all(s["data"]["inputs"]["orders"] == 0 for s in scores)
+    assert scores[0]["data"]["inputs"]["emails_opened"] == 1
+    assert scores[1]["data"]["inputs"]["has_survey"] is True
+    sends["dead-letter"].assert_not_awaited()
+    assert counters.delta() == [1, 1]
+
+    # The same email event again (a redelivery) is a duplicate: no new score.
+    async with agents.score_email_events.test_context() as agent:
+        result = await feed(agent, opened, key=customer.encode())
+    assert result.duplicate
+    assert len(sent(sends["customer-scores"])) == 2
+    assert state_of(customer).email["opened"] == 1
+
+
+async def test_community_event_updates_state(sends, feed):
+    customer = "cust-agent-community"
+    async with agents.score_community_events.test_context() as agent:
+        result = await feed(agent, retarget("community-posted.v1.question", customer), key=customer.encode())
+
+    assert result.rejected is None
+    assert state_of(customer).community  # something was counted
+    [(key, score)] = sent(sends["customer-scores"])
+    assert key == customer.encode() and score["data"]["inputs"]["community_actions"] == 1
+
+
+# -- containment ---------------------------------------------------------------------------
+
+
+async def test_engine_exception_goes_to_dead_letter_and_agent_carries_on(sends, feed, monkeypatch):
+    customer = "cust-agent-boom"
+    real_process = agents.engine.process
+    calls = []
+
+    def flaky_process(record, store):
+        calls.append(record.offset)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real_process(record, store)
+
+    monkeypatch.setattr(agents.engine, "process", flaky_process)
+    first = order_completed(customer, "ORD-E-1", 30.0)
+    second = order_completed(customer, "ORD-E-2", 20.0, "2025-03-02T12:00:00Z")
+    counters = Counters(("clv_events_invalid_total", {"topic": "orders", "reason": "processing_error"}))
+
+    async with agents.score_orders.test_context() as agent:
+        failed = await feed(agent, first, key=customer.encode())
+        ok = await feed(agent, second, key=customer.encode())
+        assert agent._crash_reason is None
+
+    assert calls == [0, 1]
+    assert failed.rejected == "processing_error"
+    [(key, rejected)] = sent(sends["dead-letter"])
+    assert key == customer.encode()
+    assert rejected["data"]["reason"] == "processing_error"
+    assert rejected["data"]["detail"] == "RuntimeError: boom"
+    assert rejected["data"]["source"]["offset"] == 0
+    assert base64.b64decode(rejected["data"]["raw_b64"]) == first
+
+    assert ok.rejected is None
+    assert list(state_of(customer).orders) == ["ORD-E-2"]  # the failed record left no trace
+    [(_, score)] = sent(sends["customer-scores"])
+    assert score["data"]["cause"]["event_id"] == "ORD-E-2-completed"
+    assert counters.delta() == [1]
+
+
+async def test_metrics_failure_does_not_stop_the_agent(sends, feed, monkeypatch):
+    customer = "cust-agent-metrics-bug"
+
+    def broken_record(*args, **kwargs):
+        raise ValueError("metrics bug")
+
+    monkeypatch.setattr(agents.metrics, "record", broken_record)
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-F-1", 10.0), key=customer.encode())
+        await feed(agent, order_completed(customer, "ORD-F-2", 10.0, "2025-03-03T12:00:00Z"), key=customer.encode())
+        assert agent._crash_reason is None
+
+    assert set(state_of(customer).orders) == {"ORD-F-1", "ORD-F-2"}
+    assert sends["customer-scores"].await_count == 2
+
+
+async def test_score_send_carries_the_latency_callback(sends, feed):
+    customer = "cust-agent-latency"
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-G-1", 10.0), key=customer.encode())
+
+    assert all(call.kwargs["callback"] is None for call in sends["segment-changes"].await_args_list)
+    [score_call] = sends["customer-scores"].await_args_list
+    callback = score_call.kwargs["callback"]
+    assert callable(callback)
+    before = sample("clv_processing_latency_seconds_count")
+    callback(None)  # what the producer does once the record is handed over
+    assert sample("clv_processing_latency_seconds_count") == before + 1
+
+
+# -- web pages -----------------------------------------------------------------------------
+
+
+def view(page: Any) -> Any:
+    return page(app, app.web)
+
+
+async def test_metrics_page_exposes_the_counters(sends, feed):
+    customer = "cust-agent-page"
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-H-1", 10.0), key=customer.encode())
+
+    response = await view(web.metrics_page).get(None)
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    body = response.body.decode()
+    assert 'clv_events_consumed_total{topic="orders",type="Order Completed"}' in body
+    assert "clv_processing_latency_seconds_bucket" in body
+
+
+async def test_healthz_page():
+    response = await view(web.healthz).get(None)
+    assert response.status == 200
+    assert json.loads(response.body) == {"status": "ok"}
+
+
+async def test_readyz_page_follows_recovery_and_rebalancing(monkeypatch):
+    completed = app.tables.recovery.completed
+    assert not completed.is_set()
+    response = await view(web.readyz).get(None)
+    assert response.status == 503
+    assert json.loads(response.body) == {"ready": False, "recovered": False, "rebalancing": False}
+
+    completed.set()
+    try:
+        response = await view(web.readyz).get(None)
+        assert response.status == 200
+        assert json.loads(response.body) == {"ready": True, "recovered": True, "rebalancing": False}
+
+        monkeypatch.setattr(app, "rebalancing", True)
+        response = await view(web.readyz).get(None)
+        assert response.status == 503
+        assert json.loads(response.body) == {"ready": False, "recovered": True, "rebalancing": True}
+    finally:
+        completed.clear()
