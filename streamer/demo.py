@@ -184,10 +184,11 @@ async def scrape_metrics(url: str, state: ViewState) -> None:
         await asyncio.sleep(1.0)
 
 
-async def show(state: ViewState, metrics_url: str, log_path: Path, view: bool, duration_s: float) -> None:
+async def show(state: ViewState, metrics_url: str, log_path: Path, view: bool, duration_s: float, stop: asyncio.Event) -> None:
     started = time.monotonic()
-    while duration_s <= 0 or time.monotonic() - started < duration_s:
-        await asyncio.sleep(1.0)
+    while not stop.is_set() and (duration_s <= 0 or time.monotonic() - started < duration_s):
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
         if view:
             sys.stdout.write(render(state, metrics_url, log_path))
         else:
@@ -231,8 +232,12 @@ async def _run(bootstrap: str, settings: settings_module.Settings, customers: in
         asyncio.create_task(consume_outputs(bootstrap, settings.topics, state)),
         asyncio.create_task(scrape_metrics(metrics_url, state)),
     ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)  # Ctrl-C: stop in order, then summarise
     try:
-        shower = asyncio.create_task(show(state, metrics_url, log_path, view, duration_s))
+        shower = asyncio.create_task(show(state, metrics_url, log_path, view, duration_s, stop))
         while not shower.done():
             await asyncio.wait([shower, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:

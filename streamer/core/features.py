@@ -140,4 +140,4 @@ def annuity_years(years: float, annual_discount_rate: float) -> float:
     delta = math.log1p(annual_discount_rate)
     if delta == 0:
         return years
-    return (1.0 - math.exp(-delta * years)) / delta
+    return -math.expm1(-delta * years) / delta  # expm1: no cancellation for small rates

@@ -89,8 +89,8 @@ score_community_events = _agent_for("community-events")
 @customers.on_recover
 async def rebuild_partitions() -> None:
     """After recovery, rebuild each active partition's clock, due-queue and ranking."""
-    order_topic = settings.topics["orders"]
-    assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == order_topic}
+    changelog = customers.changelog_topic.get_topic_name()
+    assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
     by_partition: dict[int, list[CustomerState]] = defaultdict(list)
     for _key, raw in customers.items():
         state = CustomerState.from_bytes(raw)

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from streamer import settings as settings_module
 from streamer.errors import ConfigError
+from streamer.shell.recovery import transport_for
 
 settings = settings_module.load()
 
 if not settings.kafka_bootstrap:
     raise ConfigError("KAFKA_BOOTSTRAP is not set: point it at Kafka, or run `streamer demo` to use the embedded broker")
 
-app = faust.App(
+
+
+class StreamerApp(faust.App):
+    """faust.App whose table recovery reads changelogs to their real end (see recovery.py)."""
+
+    def _new_transport(self) -> Any:
+        return transport_for(self)
+
+
+app = StreamerApp(
     settings.app_id,
     broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
     store="rocksdb://" if settings.store == "rocksdb" else "memory://",

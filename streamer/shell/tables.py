@@ -10,6 +10,10 @@ from streamer.shell.app import app, settings
 customers = app.Table(
     "customer-state",
     partitions=settings.partitions,
+    # key_type/value_type bytes make the changelog codec "raw" (recovery decodes with it);
+    # the schema does the same for the table's own reads and writes.
+    key_type=bytes,
+    value_type=bytes,
     schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
     help="CustomerState per customer id, JSON (orjson) encoded",
 )
