@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 import referencing
 import referencing.exceptions
@@ -121,6 +122,31 @@ def validator_for_type(type_name: str, version: int = 1) -> jsonschema.Draft2020
     return jsonschema.Draft202012Validator(schema, registry=_registry())
 
 
+def _inline_refs(node: Any) -> Any:
+    """Copy of a schema with every ``$ref`` to another schema replaced by that schema."""
+    if isinstance(node, dict):
+        if set(node) == {"$ref"}:
+            target = dict(_registry().contents(node["$ref"]))
+            target.pop("$id", None)
+            target.pop("$schema", None)
+            return _inline_refs(target)
+        return {k: _inline_refs(v) for k, v in node.items() if k not in ("$id", "$schema")}
+    if isinstance(node, list):
+        return [_inline_refs(item) for item in node]
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def fast_check_for_type(type_name: str, version: int = 1) -> Any:
+    """A compiled checker (fastjsonschema) for the same schema: raises on invalid, ~30× faster.
+
+    The schemas use only keywords whose meaning draft-07 and 2020-12 share, so compiling them as
+    draft-07 gives the same verdicts; tests/unit/test_schemas.py checks that both agree.
+    ``use_default=False``: validation must never fill defaults into the caller's document.
+    """
+    return fastjsonschema.compile(_inline_refs(schema_for_type(type_name, version)), use_default=False)
+
+
 def _format_path(path: Any) -> str:
     """Render a jsonschema error path as ``data.products[0].price`` (``(root)`` when empty)."""
     out = ""
@@ -187,10 +213,20 @@ def first_error(doc: dict) -> str | None:
     Infinity anywhere in *doc* are errors too.
     """
     type_name = doc["type"]
+    version = _version_of(doc, type_name)
     try:
-        validator = validator_for_type(type_name, _version_of(doc, type_name))
+        validator = validator_for_type(type_name, version)
     except KeyError:
-        validator = validator_for_type(type_name, 1)
+        validator = validator_for_type(type_name, version := 1)
+    try:
+        # Hot path: the compiled check. Only an invalid document pays for jsonschema's
+        # detailed, human-readable error below.
+        fast_check_for_type(type_name, version)(doc)
+    except fastjsonschema.JsonSchemaException:
+        pass
+    else:
+        message = _non_finite(doc)
+        return _short(message) if message else None
     error = best_match(validator.iter_errors(doc))
     if error is not None:
         return _short(f"{_format_path(error.absolute_path)}: {_message(error)}")

@@ -44,6 +44,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "LOYAL_ORDERS": ("3", "Purchase days within LOYAL_WINDOW_DAYS that make a customer `loyal`."),
     "LOYAL_WINDOW_DAYS": ("180", "Window of the loyal rule."),
     "VALUE_TIER_MIN_POPULATION": ("50", "Scored customers a partition needs before value tiers are assigned."),
+    "VALUE_TIER_HYSTERESIS": ("0.05", "Quantile margin a customer must cross beyond its tier's band before the tier changes."),
     "CONSUMER_SESSION_TIMEOUT": ("10", "Kafka consumer session timeout (s); low so a dead worker's partitions move fast."),
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
@@ -154,5 +155,6 @@ def load() -> Settings:
             loyal_orders=int(_number("LOYAL_ORDERS", int, 1)),
             loyal_window_days=_number("LOYAL_WINDOW_DAYS", float, 1),
             value_tier_min_population=int(_number("VALUE_TIER_MIN_POPULATION", int, 1)),
+            value_tier_hysteresis=_number("VALUE_TIER_HYSTERESIS", float, 0),
         ),
     )

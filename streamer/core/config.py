@@ -50,6 +50,8 @@ class ScoringConfig:
     loyal_window_days: float = 180.0
     #: Value tiers by CLV quantile within the partition: (tier, lowest quantile), high to low.
     value_tiers: tuple[tuple[str, float], ...] = (("top", 0.9), ("high", 0.6), ("medium", 0.3), ("low", 0.0))
+    #: A customer keeps its tier until its quantile leaves the tier's band by this much.
+    value_tier_hysteresis: float = 0.05
     #: Below this many scored customers in a partition, value tier is "unranked".
     value_tier_min_population: int = 50
     #: Orders kept individually per customer (for refunds and windows); older ones are folded

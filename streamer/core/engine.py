@@ -231,7 +231,7 @@ class Engine:
         clock.ranks.update(state.customer, clv)
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, self.config)}
         if clv is not None:
-            assigned[segments.VALUE_TIER] = segments.value_tier(clv, clock.ranks, self.config)
+            assigned[segments.VALUE_TIER] = segments.value_tier(clv, clock.ranks, self.config, state.segments.get(segments.VALUE_TIER))
         key = state.customer.encode()
         for family, assignment in assigned.items():
             old = state.segments.get(family)

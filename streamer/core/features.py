@@ -7,7 +7,7 @@ repeat purchase days), while revenue and margin add up over every order.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from streamer.core.config import DAY, YEAR_DAYS, ScoringConfig
 from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_DISCOUNT, O_FLAGS, O_TIME, CustomerState, net_of_refunds
@@ -48,8 +48,14 @@ class Features:
 
     def summary(self) -> dict[str, float | int | bool | None]:
         """The inputs a score update publishes, rounded for humans."""
-        out = asdict(self)
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+        out = {}
+        for name in _FIELD_NAMES:
+            value = getattr(self, name)
+            out[name] = round(value, 4) if isinstance(value, float) else value
+        return out
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Features))
 
 
 def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features:

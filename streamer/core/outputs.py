@@ -15,6 +15,8 @@ import orjson
 
 SOURCE = "/clv-streamer"
 MAX_RAW_BYTES = 64 * 1024
+#: A key longer than this is cut in dead-letter records (customer ids are short; garbage is not).
+MAX_KEY_BYTES = 1024
 #: ``detail`` of an Event Rejected is at most this long (event-rejected.v1 schema).
 MAX_DETAIL_CHARS = 256
 
@@ -123,7 +125,7 @@ def event_rejected(
                 "partition": partition,
                 "offset": offset,
                 "timestamp_ms": timestamp_ms,
-                "key_b64": base64.b64encode(key).decode() if key is not None else None,
+                "key_b64": base64.b64encode(key[:MAX_KEY_BYTES]).decode() if key is not None else None,
             },
             "raw_b64": base64.b64encode(kept).decode(),
             "raw_size": len(raw),

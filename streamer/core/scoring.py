@@ -62,8 +62,8 @@ def days_until_risk(threshold: float, mean_interval_days: float, dropout: float)
 class FormulaScorer:
     """Historic CLV, churn risk from recency vs own rhythm, and the classic formula CLV.
 
-    formula CLV = AOV × purchases/year × margin rate × annuity(lifetime, discount rate)
-    × (1 − churn risk): the textbook "average order value × purchase frequency × relationship
+    formula CLV = value per purchase day (AOV, with same-day orders as one purchase) ×
+    purchases/year × margin rate × annuity(lifetime, discount rate) × (1 − churn risk): the textbook "average order value × purchase frequency × relationship
     duration" with margin, discounting, and weighted by the chance the customer is still there.
     """
 
@@ -79,7 +79,10 @@ class FormulaScorer:
             return {"historic_clv": 0.0, "formula_clv": 0.0, "churn_risk": 0.0, "dropout_probability": 0.0}
         dropout = dropout_probability(features.repeat_transactions, self.config)
         risk = churn_risk(features.recency_days, features.mean_interval_days, dropout)
-        annual_margin = features.aov * features.purchases_per_year * features.margin_rate
+        # Frequency counts purchase days, so the value multiplied by it is per purchase day
+        # (= AOV when each day has one order); otherwise same-day orders would be undercounted.
+        value_per_purchase = features.revenue / features.transactions if features.transactions else 0.0
+        annual_margin = value_per_purchase * features.purchases_per_year * features.margin_rate
         return {
             "historic_clv": features.margin,
             "formula_clv": max(annual_margin * self._annuity * (1.0 - risk), 0.0),

@@ -101,10 +101,21 @@ class PartitionRanks:
         return bisect_left(self._values, value) / len(self._values) if self._values else 0.0
 
 
-def value_tier(clv: float, ranks: PartitionRanks, config: ScoringConfig) -> Assignment:
+def value_tier(clv: float, ranks: PartitionRanks, config: ScoringConfig, current: str | None = None) -> Assignment:
+    """Tier by CLV quantile in the partition, with hysteresis around the current tier.
+
+    A customer keeps ``current`` while the quantile stays within that tier's band widened by
+    ``value_tier_hysteresis`` on both sides, so a customer near a boundary does not flap
+    between tiers as other customers' values move.
+    """
     if len(ranks) < config.value_tier_min_population:
         return Assignment("unranked", f"fewer than {config.value_tier_min_population} scored customers to rank against")
     q = ranks.quantile(clv)
+    ceiling = float("inf")
+    for tier, floor in config.value_tiers:
+        if tier == current and floor - config.value_tier_hysteresis <= q < ceiling + config.value_tier_hysteresis:
+            return Assignment(tier, f"CLV {clv:.2f} ranks above {q:.0%} of customers")
+        ceiling = floor
     for tier, floor in config.value_tiers:
         if q >= floor:
             return Assignment(tier, f"CLV {clv:.2f} ranks above {q:.0%} of customers")

@@ -34,7 +34,8 @@ def to_record(role: str, message: Any) -> Record:
         offset=message.offset,
         key=message.key,
         value=message.value,
-        timestamp_ms=int(timestamp * 1000) if timestamp else None,
+        # Kafka says -1 when a record has no timestamp.
+        timestamp_ms=int(timestamp * 1000) if timestamp and timestamp > 0 else None,
     )
 
 

@@ -168,7 +168,7 @@ def test_formula_clv_hand_computed():
     f, scores = scored(events, T0 + 75 * DAY + 10 * H)
     # Written out from the FormulaScorer docstring:
     # CLV = AOV x purchases/year x margin rate x annuity(3 y, 10 %) x (1 - churn risk)
-    aov = 350.0 / 4  # revenue net of the refund / orders
+    aov = 350.0 / 3  # revenue net of the refund / purchase days (o3 and o4 share a day)
     margin_rate = (30.0 + 50.0 * 150 / 200 + 16.0 + 12.0) / 350.0
     mean_interval = ((60 + 5 / 24) + 90.0 * 1) / (2 + 1)  # (span + prior) / (repeat days + prior weight)
     per_year = 365.25 / mean_interval
@@ -179,7 +179,7 @@ def test_formula_clv_hand_computed():
     annuity = (1 - 1.1**-3) / math.log(1.1)
     expected = aov * per_year * margin_rate * annuity * (1 - risk)
     assert scores["formula_clv"] == pytest.approx(expected, rel=1e-12)
-    assert scores["formula_clv"] == pytest.approx(365.2107452757757, rel=1e-9)
+    assert scores["formula_clv"] == pytest.approx(365.2107452757757 * 4 / 3, rel=1e-9)
     assert scores["churn_risk"] == pytest.approx(risk, rel=1e-12)
     assert scores["dropout_probability"] == pytest.approx(p, rel=1e-12)
     assert scores["historic_clv"] == pytest.approx(95.5)

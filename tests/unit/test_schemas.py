@@ -393,3 +393,43 @@ def test_bad_extension_name_is_reported(doc: dict) -> None:
 def test_module_has_no_faust_import() -> None:
     source = Path(contracts.__file__).read_text(encoding="utf-8")
     assert not re.search(r"^\s*(import|from)\s+faust", source, re.M)
+
+
+def _verdicts(doc: dict) -> tuple[bool, bool]:
+    """(compiled fast check says valid, jsonschema says valid) for *doc*."""
+    import fastjsonschema
+
+    try:
+        contracts.fast_check_for_type(doc["type"])(doc)
+        fast = True
+    except fastjsonschema.JsonSchemaException:
+        fast = False
+    slow = contracts.validator_for_type(doc["type"]).is_valid(doc)
+    return fast, slow
+
+
+def _example_docs() -> list[dict]:
+    return [json.loads(p.read_text()) for p in (*VALID_EXAMPLES, *INVALID_EXAMPLES)]
+
+
+@pytest.mark.parametrize("doc", _example_docs(), ids=_ids([*VALID_EXAMPLES, *INVALID_EXAMPLES]))
+def test_fast_check_agrees_with_jsonschema_on_examples(doc: dict) -> None:
+    if doc.get("type") not in ALL_TYPES:
+        pytest.fail("every example names a known type")
+    fast, slow = _verdicts(doc)
+    assert fast == slow
+
+
+@_settings
+@given(st.one_of(_drop_required(), _wrong_type(), _unknown_data_key(), _bad_extension_name(), st.sampled_from(_VALID_DOCS)))
+def test_fast_check_agrees_with_jsonschema_on_mutations(doc: dict) -> None:
+    fast, slow = _verdicts(doc)
+    assert fast == slow
+
+
+def test_fast_check_never_fills_defaults() -> None:
+    doc = json.loads(next(p for p in VALID_EXAMPLES if p.name.startswith("order-completed")).read_text())
+    doc["data"].pop("discount", None)
+    before = copy.deepcopy(doc)
+    assert first_error(doc) is None
+    assert doc == before

@@ -246,3 +246,22 @@ def test_custom_value_tiers():
     assert value_tier(1.0, populated(2), cfg).segment == "vip"
     assert value_tier(0.5, populated(2), cfg).segment == "vip"  # above 1 of 2
     assert value_tier(0.0, populated(2), cfg).segment == "rest"
+
+
+def test_value_tier_hysteresis_keeps_a_customer_near_a_boundary() -> None:
+    from streamer.core.segments import PartitionRanks, value_tier
+
+    cfg = ScoringConfig(value_tier_min_population=1, value_tier_hysteresis=0.05)
+    ranks = PartitionRanks()
+    for n in range(100):
+        ranks.update(f"c{n}", float(n))
+    # Quantile 0.58: "medium" by the cut at 0.6, but a "high" customer keeps "high" (band 0.55+).
+    assert value_tier(58.0, ranks, cfg).segment == "medium"
+    assert value_tier(58.0, ranks, cfg, current="high").segment == "high"
+    # Beyond the widened band the tier does change.
+    assert value_tier(54.0, ranks, cfg, current="high").segment == "medium"
+    # Upward too: a "medium" customer at 0.62 stays "medium"; at 0.66 it becomes "high".
+    assert value_tier(62.0, ranks, cfg, current="medium").segment == "medium"
+    assert value_tier(66.0, ranks, cfg, current="medium").segment == "high"
+    # The top tier has no ceiling.
+    assert value_tier(99.0, ranks, cfg, current="top").segment == "top"
