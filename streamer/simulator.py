@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
+from streamer.contracts import INPUT_TYPES
+
 __all__ = [
     "BAD_KINDS",
     "TOPIC_OF_TYPE",
@@ -59,23 +61,8 @@ __all__ = [
 # Contracts (mirrors schemas/README.md; kept local so the simulator has no dependencies)
 # ---------------------------------------------------------------------------------------------
 
-#: Input event type -> the topic role it must be produced to.
-TOPIC_OF_TYPE: dict[str, str] = {
-    "Order Completed": "orders",
-    "Order Refunded": "orders",
-    "Email Delivered": "email-events",
-    "Email Opened": "email-events",
-    "Email Link Clicked": "email-events",
-    "Email Bounced": "email-events",
-    "Unsubscribed": "email-events",
-    "Survey Answered": "email-events",
-    "Community Joined": "community-events",
-    "Community Posted": "community-events",
-    "Community Replied": "community-events",
-    "Answer Accepted": "community-events",
-    "Review Posted": "community-events",
-    "Referral Made": "community-events",
-}
+#: Input event type -> the topic role it must be produced to (the contracts' mapping).
+TOPIC_OF_TYPE: dict[str, str] = INPUT_TYPES
 
 #: Kinds of bad input :meth:`ShopSimulator.raw_events` can inject, with their relative weights.
 #: Oversized payloads are > 1 MiB each, so they are kept rare to keep the demo's traffic sane.

@@ -88,3 +88,30 @@ class Kafka:
                 count, last_change = len(self.outputs), time.monotonic()
             elif time.monotonic() - last_change >= quiet_s:
                 return
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    """The broker's view of a topic's configuration."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        (resource,) = response.resources
+        return {entry[0]: entry[1] for entry in resource[4]}
+    finally:
+        await admin.close()
+
+
+async def partition_count(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refreshes metadata
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        await consumer.stop()

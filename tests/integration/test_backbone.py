@@ -13,7 +13,7 @@ import pytest
 
 from streamer.core.config import Limits, ScoringConfig
 from streamer.core.engine import DictStore, Engine, Record
-from tests.integration.kafka_helpers import Kafka, Output, cloudevent, partition_of
+from tests.integration.kafka_helpers import Kafka, Output, cloudevent, partition_count, partition_of, topic_config
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +186,14 @@ async def test_scripted_history_gives_exact_outputs(make_worker, broker: str) ->
     assert 'clv_events_duplicate_total{topic="orders"} 1.0' in metrics
     assert 'clv_segment_transitions_total{family="lifecycle",from_segment="at_risk",to_segment="lapsed"} 2.0' in metrics
     assert ALICE not in metrics and BOB not in metrics  # no customer id in any label
+
+
+async def test_topics_are_created_compacted_and_co_partitioned(make_worker, broker: str) -> None:
+    from tests.integration.conftest import worker_env
+
+    worker = make_worker(worker_env(partitions=3))
+    topics = worker.topics
+    assert (await topic_config(broker, topics["customer-scores"]))["cleanup.policy"] == "compact"
+    changelog = f"{worker.env['STREAMER_APP_ID']}-customer-state-changelog"
+    counts = {name: await partition_count(broker, name) for name in (topics["orders"], topics["email-events"], topics["community-events"], changelog)}
+    assert set(counts.values()) == {3}, counts

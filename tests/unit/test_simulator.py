@@ -17,28 +17,14 @@ from hypothesis import strategies as st
 # The repo root may not be on sys.path when pytest is run as a plain script.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from streamer.contracts import INPUT_TYPES  # noqa: E402
 from streamer.simulator import BAD_KINDS, ShopSimulator  # noqa: E402
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 UNTIL = START + timedelta(days=365)
 
-# Written out from schemas/README.md on purpose (not imported from the simulator).
-TOPIC_OF = {
-    "Order Completed": "orders",
-    "Order Refunded": "orders",
-    "Email Delivered": "email-events",
-    "Email Opened": "email-events",
-    "Email Link Clicked": "email-events",
-    "Email Bounced": "email-events",
-    "Unsubscribed": "email-events",
-    "Survey Answered": "email-events",
-    "Community Joined": "community-events",
-    "Community Posted": "community-events",
-    "Community Replied": "community-events",
-    "Answer Accepted": "community-events",
-    "Review Posted": "community-events",
-    "Referral Made": "community-events",
-}
+# The contracts' mapping, which test_schemas.py checks against schemas/README.md.
+TOPIC_OF = INPUT_TYPES
 _EMAIL = {"email_id", "campaign_id", "campaign_name"}
 ALLOWED_DATA = {
     "Order Completed": {"order_id", "total", "currency", "discount", "margin", "cost", "products"},
