@@ -45,6 +45,8 @@ class Features:
     community_actions: int
     referrals: int
     has_survey: bool
+    #: Mean net value of the repeat purchase days (Gamma-Gamma's m_x); 0 without repeats.
+    repeat_mean_value: float = 0.0
 
     def summary(self) -> dict[str, float | int | bool | None]:
         """The inputs a score update publishes, rounded for humans."""
@@ -65,8 +67,11 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
     revenue, margin, discount = arch[1], arch[2], arch[3]
     times: list[float] = []
     basic = advanced = False
+    value_by_day: dict[float, float] = {}
     for order_id, order in state.orders.items():
         total, order_margin = net_of_refunds(order, state.refunds.get(order_id, {}))
+        day = order[O_TIME] // DAY
+        value_by_day[day] = value_by_day.get(day, 0.0) + total
         n_orders += 1
         revenue += total
         margin += order_margin
@@ -138,7 +143,23 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         community_actions=int(sum(v for key, v in community.items() if key in ("posts", "replies", "answers_accepted", "reviews"))),
         referrals=int(community.get("referrals", 0)),
         has_survey=bool(state.survey),
+        repeat_mean_value=_repeat_mean_value(value_by_day, arch, repeats),
     )
+
+
+def _repeat_mean_value(value_by_day: dict[float, float], arch: list[float], repeats: int) -> float:
+    """Mean value of the purchase days after the first (the first purchase is excluded, as
+    in the Gamma-Gamma spend model). With archived orders the first day is in the archive."""
+    if repeats <= 0:
+        return 0.0
+    if arch[0]:
+        first_day = arch[5] // DAY
+        first_value = arch[7] + value_by_day.get(first_day, 0.0)
+        total = arch[1] + sum(value_by_day.values())
+    else:
+        first_value = value_by_day[min(value_by_day)]
+        total = sum(value_by_day.values())
+    return (total - first_value) / repeats
 
 
 def annuity_years(years: float, annual_discount_rate: float) -> float:

@@ -47,8 +47,9 @@ class CustomerState:
     #: order_id -> {refund event id: amount}; may name an order not seen yet (late order).
     refunds: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Orders folded out of ``orders`` when more than ``max_orders_kept``:
-    #: [orders, revenue, margin, discount, distinct days, first time, last time]
-    archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0])
+    #: [orders, revenue, margin, discount, distinct days, first time, last time,
+    #:  value of the first purchase day]
+    archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0])
     email: dict[str, Any] = field(default_factory=dict)
     survey: dict[str, Any] = field(default_factory=dict)
     community: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +157,8 @@ def _fold_oldest(state: CustomerState) -> None:
     arch[4] += 1 if new_day else 0
     arch[5] = order[O_TIME] if arch[0] == 1 else min(arch[5], order[O_TIME])
     arch[6] = max(arch[6], order[O_TIME])
+    if day == arch[5] // DAY:
+        arch[7] += total  # the first purchase day's value (Gamma-Gamma leaves it out)
 
 
 def net_of_refunds(order: list[float], refunds: dict[str, float]) -> tuple[float, float]:

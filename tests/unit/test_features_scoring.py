@@ -229,3 +229,19 @@ def test_model_version_and_merge_order():
     assert scores["double_clv"] == pytest.approx(2 * alone["formula_clv"])
     assert scores["churn_risk"] == 0.5  # later scorers override earlier keys
     assert alone["churn_risk"] != 0.5
+
+
+def test_repeat_mean_value_leaves_out_the_first_purchase_day_and_joins_same_day_orders() -> None:
+    events = [
+        order("o1", T0 + 3600, 100.0),
+        order("o2", T0 + 10 * DAY, 40.0),
+        order("o3", T0 + 10 * DAY + 3600, 20.0),  # same day as o2: one purchase worth 60
+        order("o4", T0 + 20 * DAY, 30.0),
+        refund("r1", "o4", T0 + 21 * DAY, 10.0),
+    ]
+    f = features_at(events, T0 + 30 * DAY, ScoringConfig())
+    assert f.repeat_mean_value == pytest.approx((60.0 + 20.0) / 2)
+    # The same with the first orders folded into the archive.
+    folded = features_at(events, T0 + 30 * DAY, ScoringConfig(max_orders_kept=1))
+    assert folded.repeat_mean_value == pytest.approx((60.0 + 20.0) / 2)
+    assert features_at(events[:1], T0 + 30 * DAY, ScoringConfig()).repeat_mean_value == 0.0
