@@ -36,7 +36,8 @@ __all__ = [
 
 SCHEMA_DIR: Path = Path(
     os.environ.get("STREAMER_SCHEMA_DIR")
-    or Path(__file__).resolve().parent.parent / "schemas"
+    # streamer/schemas: a link to the top-level schemas/ in a checkout, a copy in a wheel.
+    or Path(__file__).parent / "schemas"
 )
 """Folder holding ``<slug>.v<N>.schema.json``; env var ``STREAMER_SCHEMA_DIR`` overrides."""
 

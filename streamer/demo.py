@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,6 +225,8 @@ async def _run(bootstrap: str, settings: settings_module.Settings, customers: in
     web_port = free_port()
     worker, log_path = start_worker(bootstrap, web_port, workdir)
     metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+    if not view:
+        print(f"worker metrics {metrics_url} · worker log {log_path}", flush=True)
     start = (datetime.now(timezone.utc) - timedelta(days=3 * 365)).replace(hour=0, minute=0, second=0, microsecond=0)
     sim = ShopSimulator(customers, start, seed=seed, invalid_fraction=0.005)
     state = ViewState()
@@ -253,12 +256,31 @@ async def _run(bootstrap: str, settings: settings_module.Settings, customers: in
     return state
 
 
+DEMO_NAMES = {
+    "STREAMER_APP_ID": "clv-demo",
+    "TOPIC_ORDERS": "demo-orders",
+    "TOPIC_EMAIL": "demo-email-events",
+    "TOPIC_COMMUNITY": "demo-community-events",
+    "TOPIC_SCORES": "demo-customer-scores",
+    "TOPIC_SEGMENTS": "demo-segment-changes",
+    "TOPIC_TRIGGERS": "demo-campaign-triggers",
+    "TOPIC_DEAD_LETTER": "demo-dead-letter",
+}
+
+
 def run_demo(customers: int = 2000, days_per_second: float = 3.0, duration_s: float = 0, view: bool = True, seed: int = 7) -> int:
     settings = settings_module.load()
     workdir = Path(tempfile.mkdtemp(prefix="clv-demo-"))
     broker = None
     bootstrap = settings.kafka_bootstrap
-    if not bootstrap:
+    if bootstrap:
+        # On a real cluster the demo must not write simulated events into production topics
+        # or join the production workers' group: it uses demo names unless told otherwise.
+        for name, value in DEMO_NAMES.items():
+            os.environ.setdefault(name, value)
+        settings = settings_module.load()
+        print(f"using Kafka at {bootstrap}: app id {settings.app_id}, topics {', '.join(sorted(settings.topics.values()))}", flush=True)
+    else:
         broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
         bootstrap = broker.bootstrap
         os.environ["KAFKA_BOOTSTRAP"] = bootstrap
@@ -273,9 +295,11 @@ def run_demo(customers: int = 2000, days_per_second: float = 3.0, duration_s: fl
     finally:
         if broker is not None:
             broker.stop()
-    if state is not None:
+    if state is None:
+        return 0
+    if view:  # without the view the last summary line is already on screen
         print(summary_line(state))
-        if state.first_change_after_s is not None:
-            print(f"first segment change seen {state.first_change_after_s:.1f}s after start")
-        return 0 if state.segment_changes > 0 else 1
-    return 0
+    if state.first_change_after_s is not None:
+        print(f"first segment change seen {state.first_change_after_s:.1f}s after start")
+    shutil.rmtree(workdir, ignore_errors=True)  # worker log and RocksDB files of this run
+    return 0 if state.segment_changes > 0 else 1

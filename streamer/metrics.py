@@ -29,7 +29,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "clv_processing_latency_seconds",
-            "Time from a record reaching the agent to its score update being handed to the producer.",
+            "Time from a record reaching the agent to its score update being acknowledged by the broker.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -43,6 +43,7 @@ class Metrics:
             "clv_publish_errors_total", "Records whose outgoing events could not be handed to the producer.", registry=registry
         )
         self.timers = Counter("clv_timers_fired_total", "Event-time timers fired (lapse, at risk, loyalty end).", registry=registry)
+        self.timer_errors = Counter("clv_timer_errors_total", "Timers whose re-evaluation failed (the customer is skipped).", registry=registry)
         self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
         self.event_time = Gauge(
             "clv_partition_event_time_seconds", "Event-time clock (newest event time, epoch s) per partition.", ["partition"], registry=registry
@@ -63,6 +64,8 @@ class Metrics:
             self.published.labels(out.topic_role).inc()
         if result.timers_fired:
             self.timers.inc(result.timers_fired)
+        if result.timer_errors:
+            self.timer_errors.inc(result.timer_errors)
         if event_time is not None:
             self.event_time.labels(str(partition)).set(event_time)
 

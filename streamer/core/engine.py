@@ -66,6 +66,7 @@ class Result:
     transitions: list[Transition] = field(default_factory=list)
     new_customer: bool = False
     timers_fired: int = 0
+    timer_errors: int = 0
 
 
 class StateStore(Protocol):
@@ -96,6 +97,8 @@ class PartitionClock:
     due: list[tuple[float, str]] = field(default_factory=list)
     due_of: dict[str, float] = field(default_factory=dict)
     ranks: segments.PartitionRanks = field(default_factory=segments.PartitionRanks)
+    #: Customers in this partition's state (kept here so the gauge needs no table scan).
+    customers: int = 0
 
     def schedule(self, customer: str, due: float | None) -> None:
         """Set (or clear) a customer's due time; O(log n), no scan of other customers."""
@@ -160,7 +163,13 @@ class Engine:
                 clock.due_of[state.customer] = state.next_due
         clock.due = [(d, c) for c, d in clock.due_of.items()]
         heapq.heapify(clock.due)
+        clock.customers = count
         return count
+
+    @property
+    def customers(self) -> int:
+        """Customers in the state of the partitions this engine holds."""
+        return sum(clock.customers for clock in self.partitions.values())
 
     def forget_partition(self, partition: int) -> None:
         self.partitions.pop(partition, None)
@@ -179,16 +188,25 @@ class Engine:
         if event.time > clock.now:
             clock.now = event.time
             self.fire_due(record.partition, store, result)
-        state = store.get(event.customer)
-        if state is None:
-            state = CustomerState(customer=event.customer, partition=record.partition)
-            result.new_customer = True
-        if is_duplicate(state, event):
-            result.duplicate = True
-            return result
-        state = apply(state, event, self.config)
-        self._evaluate(state, clock.now, {"event_id": event.id, "event_type": event.type}, clock, result)
-        store.put(event.customer, state)
+        # Contained here, not only in the shell, so the timer outputs above (whose states are
+        # already written) are still published when this one event fails.
+        try:
+            state = store.get(event.customer)
+            if state is None:
+                state = CustomerState(customer=event.customer, partition=record.partition)
+                result.new_customer = True
+                clock.customers += 1
+            if is_duplicate(state, event):
+                result.duplicate = True
+                return result
+            state = apply(state, event, self.config)
+            pending = Result()
+            self._evaluate(state, clock.now, {"event_id": event.id, "event_type": event.type}, clock, pending)
+            store.put(event.customer, state)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not take the others down
+            return self._reject(record, "processing_error", f"{type(exc).__name__}: {exc}", result)
+        result.outgoing.extend(pending.outgoing)
+        result.transitions.extend(pending.transitions)
         return result
 
     def reject(self, record: Record, reason: str, detail: str) -> Result:
@@ -208,7 +226,10 @@ class Engine:
             record.key,
             self.wall_clock(),
         )
-        result.outgoing.append(Outgoing(DEAD_LETTER, record.key or b"", payload))
+        # Keyed like the input (so one producer's rejects stay together), but cut: a huge
+        # garbage key must not make the dead-letter record itself too large to produce.
+        key = (record.key or b"")[: outputs.MAX_KEY_BYTES]
+        result.outgoing.append(Outgoing(DEAD_LETTER, key, payload))
         return result
 
     def fire_due(self, partition: int, store: StateStore, result: Result) -> None:
@@ -216,12 +237,19 @@ class Engine:
         clock = self.clock(partition)
         while (item := clock.pop_due()) is not None:
             due, customer = item
-            state = store.get(customer)
-            if state is None or state.next_due != due:
-                continue  # state moved on without the queue knowing (should not happen)
+            try:
+                state = store.get(customer)
+                if state is None or state.next_due != due:
+                    continue  # state moved on without the queue knowing (should not happen)
+                pending = Result()
+                self._evaluate(state, due, {"timer": f"due@{outputs.rfc3339(due)}"}, clock, pending)
+                store.put(customer, state)
+            except Exception:  # noqa: BLE001 - one customer's failure must not stop the others' timers
+                result.timer_errors += 1
+                continue
             result.timers_fired += 1
-            self._evaluate(state, due, {"timer": f"due@{outputs.rfc3339(due)}"}, clock, result)
-            store.put(customer, state)
+            result.outgoing.extend(pending.outgoing)
+            result.transitions.extend(pending.transitions)
 
     def _evaluate(self, state: CustomerState, now: float, cause: dict[str, str], clock: PartitionClock, result: Result) -> None:
         """Score ``state`` at ``now``, update its segments in place, emit outgoing events."""

@@ -16,6 +16,9 @@ from streamer.core.config import DAY, ScoringConfig
 from streamer.core.events import Event
 
 STATE_VERSION = 1
+#: Archived order ids remembered for de-duplication: redeliveries come soon after the
+#: original, and by then at most a few orders have been archived since.
+ARCHIVED_IDS_KEPT = 200
 
 # Order record layout (a list, not a dict, to keep state small in the table).
 O_TIME, O_TOTAL, O_MARGIN, O_DISCOUNT, O_FLAGS = range(5)
@@ -50,6 +53,8 @@ class CustomerState:
     #: [orders, revenue, margin, discount, distinct days, first time, last time,
     #:  value of the first purchase day]
     archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0])
+    #: Ids of the most recently archived orders, so their redelivery is still recognised.
+    archived_ids: list[str] = field(default_factory=list)
     email: dict[str, Any] = field(default_factory=dict)
     survey: dict[str, Any] = field(default_factory=dict)
     community: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +95,7 @@ class CustomerState:
             orders=dict(self.orders),
             refunds={order_id: dict(by_event) for order_id, by_event in self.refunds.items()},
             archive=list(self.archive),
+            archived_ids=list(self.archived_ids),
             email=dict(self.email),
             survey=dict(self.survey),
             community=dict(self.community),
@@ -104,7 +110,8 @@ class CustomerState:
 def is_duplicate(state: CustomerState, event: Event) -> bool:
     """True when ``event`` has already been applied to ``state``."""
     if event.type == "Order Completed":
-        return event.data["order_id"] in state.orders
+        order_id = event.data["order_id"]
+        return order_id in state.orders or order_id in state.archived_ids
     if event.type == "Order Refunded":
         return event.id in state.refunds.get(event.data["order_id"], ())
     return event.id in state.seen
@@ -143,6 +150,9 @@ def _fold_oldest(state: CustomerState) -> None:
     """Move the oldest kept order into the archive aggregates, net of its refunds."""
     order_id = min(state.orders, key=lambda oid: (state.orders[oid][O_TIME], oid))
     order = state.orders.pop(order_id)
+    state.archived_ids.append(order_id)
+    if len(state.archived_ids) > ARCHIVED_IDS_KEPT:
+        del state.archived_ids[0]
     total, margin = net_of_refunds(order, state.refunds.pop(order_id, {}))
     arch = state.archive
     day = order[O_TIME] // DAY

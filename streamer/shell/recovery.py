@@ -13,6 +13,7 @@ high watermarks are right, the probe finds nothing and costs one empty fetch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 #: Consecutive empty fetches that mean "this is the end of the log".
 EMPTY_FETCHES_AT_END = 2
 FETCH_TIMEOUT_MS = 200
+PROBE_DEADLINE_S = 10.0
 
 
 async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int]) -> dict[TP, int]:
@@ -40,7 +42,10 @@ async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int]) -> dict[
         for kafka_tp, tp in by_kafka_tp.items():
             consumer.seek(kafka_tp, max(ends[tp], 0))
         empty = 0
-        while empty < EMPTY_FETCHES_AT_END:
+        # A partition another worker is still writing to (a standby) never runs dry: stop
+        # at a deadline rather than hold up the rebalance.
+        deadline = time.monotonic() + PROBE_DEADLINE_S
+        while empty < EMPTY_FETCHES_AT_END and time.monotonic() < deadline:
             fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
             if not any(fetched.values()):
                 empty += 1

@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
-from unittest.mock import AsyncMock
+from unittest.mock import MagicMock
 
 import pytest
 
@@ -82,12 +82,12 @@ def clean_shell() -> Any:
 
 
 @pytest.fixture
-def sends(monkeypatch: pytest.MonkeyPatch) -> dict[str, AsyncMock]:
-    """Capture what the agents produce: output role -> AsyncMock standing in for ``Topic.send``."""
+def sends(monkeypatch: pytest.MonkeyPatch) -> dict[str, MagicMock]:
+    """Capture what the agents produce: output role -> MagicMock standing in for ``Topic.send_soon``."""
     mocks = {}
     for role, topic in channels.outputs.items():
-        mocks[role] = AsyncMock(name=f"send[{role}]")
-        monkeypatch.setattr(topic, "send", mocks[role])
+        mocks[role] = MagicMock(name=f"send_soon[{role}]")
+        monkeypatch.setattr(topic, "send_soon", mocks[role])
     return mocks
 
 

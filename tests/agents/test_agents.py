@@ -51,7 +51,7 @@ def state_of(customer: str) -> CustomerState | None:
 def sent(mock: Any) -> list[tuple[bytes, dict[str, Any]]]:
     """(key, decoded JSON value) of every call to a captured ``send``, in order."""
     out = []
-    for call in mock.await_args_list:
+    for call in mock.call_args_list:
         assert not call.args, "the shell sends with keywords only"
         assert isinstance(call.kwargs["value"], bytes)
         out.append((call.kwargs["key"], json.loads(call.kwargs["value"])))
@@ -116,7 +116,7 @@ async def test_order_completed_updates_state_and_publishes(sends, feed):
     }
     assert data["segments"]["value_tier"] is not None  # VALUE_TIER_MIN_POPULATION=1
     assert all(k == customer.encode() and c["type"] == "Segment Changed" for k, c in changes)
-    sends["dead-letter"].assert_not_awaited()
+    sends["dead-letter"].assert_not_called()
 
     assert counters.delta() == [1, 1, 2, 1, 0]
 
@@ -134,7 +134,7 @@ async def test_orders_accumulate_and_currency_is_converted(sends, feed):
     assert [s["data"]["inputs"]["orders"] for s in scores] == [1, 2]
     assert scores[-1]["data"]["inputs"]["revenue"] == pytest.approx(155.0)
     assert scores[-1]["data"]["cause"]["event_id"] == "ORD-B-2-completed"
-    sends["dead-letter"].assert_not_awaited()
+    sends["dead-letter"].assert_not_called()
 
 
 async def test_duplicate_order_changes_nothing_and_sends_nothing(sends, feed):
@@ -143,7 +143,7 @@ async def test_duplicate_order_changes_nothing_and_sends_nothing(sends, feed):
     async with agents.score_orders.test_context() as agent:
         await feed(agent, raw, key=customer.encode())
         stored = tables.customers[customer.encode()]
-        calls = {role: mock.await_count for role, mock in sends.items()}
+        calls = {role: mock.call_count for role, mock in sends.items()}
         counters = Counters(
             ("clv_events_duplicate_total", {"topic": "orders"}),
             ("clv_events_consumed_total", {"topic": "orders", "type": "Order Completed"}),
@@ -154,7 +154,7 @@ async def test_duplicate_order_changes_nothing_and_sends_nothing(sends, feed):
     assert result.duplicate and result.rejected is None and result.outgoing == []
     assert tables.customers[customer.encode()] == stored
     assert len(state_of(customer).orders) == 1
-    assert {role: mock.await_count for role, mock in sends.items()} == calls
+    assert {role: mock.call_count for role, mock in sends.items()} == calls
     assert counters.delta() == [1, 1, 0]
 
 
@@ -191,8 +191,8 @@ async def test_bad_record_goes_to_dead_letter(sends, feed, raw, key, reason):
     }
     assert base64.b64decode(data["raw_b64"]) == raw
     assert data["raw_size"] == len(raw) and data["raw_truncated"] is False
-    sends["customer-scores"].assert_not_awaited()
-    sends["segment-changes"].assert_not_awaited()
+    sends["customer-scores"].assert_not_called()
+    sends["segment-changes"].assert_not_called()
     assert len(tables.customers) == 0
     assert counters.delta() == [1, 1, 1]
 
@@ -238,7 +238,7 @@ async def test_email_event_and_survey_update_state(sends, feed):
     assert all(s["data"]["inputs"]["orders"] == 0 for s in scores)
     assert scores[0]["data"]["inputs"]["emails_opened"] == 1
     assert scores[1]["data"]["inputs"]["has_survey"] is True
-    sends["dead-letter"].assert_not_awaited()
+    sends["dead-letter"].assert_not_called()
     assert counters.delta() == [1, 1]
 
     # The same email event again (a redelivery) is a duplicate: no new score.
@@ -313,7 +313,7 @@ async def test_metrics_failure_does_not_stop_the_agent(sends, feed, monkeypatch)
         assert agent._crash_reason is None
 
     assert set(state_of(customer).orders) == {"ORD-F-1", "ORD-F-2"}
-    assert sends["customer-scores"].await_count == 2
+    assert sends["customer-scores"].call_count == 2
 
 
 async def test_score_send_carries_the_latency_callback(sends, feed):
@@ -321,8 +321,8 @@ async def test_score_send_carries_the_latency_callback(sends, feed):
     async with agents.score_orders.test_context() as agent:
         await feed(agent, order_completed(customer, "ORD-G-1", 10.0), key=customer.encode())
 
-    assert all(call.kwargs["callback"] is None for call in sends["segment-changes"].await_args_list)
-    [score_call] = sends["customer-scores"].await_args_list
+    assert all(call.kwargs["callback"] is None for call in sends["segment-changes"].call_args_list)
+    [score_call] = sends["customer-scores"].call_args_list
     callback = score_call.kwargs["callback"]
     assert callable(callback)
     before = sample("clv_processing_latency_seconds_count")

@@ -38,10 +38,14 @@ async def test_sigkilled_worker_resumes_with_all_state(make_worker, broker: str,
     first = make_worker(env)
     topics = first.topics
     async with Kafka(broker, [topics["customer-scores"]]) as kafka:
-        for n in range(3):
+        for n in range(2):
             await publish_round(kafka, topics["orders"], topics["customer-scores"], n)
-        await asyncio.sleep(1.0)
-        first.stop(kill=True)  # SIGKILL: no graceful commit, no flush
+        # Mid-stream: the third round is published and the worker is SIGKILLed (no graceful
+        # commit, no flush) as soon as the first of its score updates appears.
+        for customer in CUSTOMERS:
+            await kafka.send(topics["orders"], "orders", customer.encode(), order_event(customer, 2))
+        await kafka.wait_for(lambda o: o.topic == topics["customer-scores"] and o.doc["data"]["cause"].get("event_id", "").endswith("-e2"))
+        first.stop(kill=True)
 
         second = make_worker(env)
         await publish_round(kafka, topics["orders"], topics["customer-scores"], 3)

@@ -455,3 +455,62 @@ def test_value_tiers_are_ranked_once_the_partition_is_populated():
         store.get(f"v{i}").value for i in (4, 0, 1, 2, 3)
     )
     assert store.get("v3").value == pytest.approx(4 * store.get("v0").value)
+
+
+class _FailsForCustomer:
+    """A scorer that raises for one customer id, to test containment."""
+
+    name, version = "boom", "1"
+
+    def __init__(self, customer_orders: int) -> None:
+        self.orders = customer_orders
+
+    def predict_one(self, features, scores):
+        if features.orders == self.orders:
+            raise RuntimeError("scorer exploded")
+        return {}
+
+
+def test_a_failing_event_keeps_the_timer_outputs_it_fired_and_goes_to_dead_letter():
+    from streamer.core.scoring import FormulaScorer
+
+    cfg = ScoringConfig()
+    eng = Engine(cfg, scorers=[FormulaScorer(cfg), _FailsForCustomer(customer_orders=2)], wall_clock=lambda: WALL)
+    store = DictStore()
+    eng.process(rec("orders", b"a", raw(order_doc("a", T0, "A-1"))), store)
+    eng.process(rec("orders", b"b", raw(order_doc("b", T0 + DAY, "B-1"))), store)
+    # b's second order, 200 days on, first fires a's at-risk timer, then fails for b itself.
+    result = eng.process(rec("orders", b"b", raw(order_doc("b", T0 + 200 * DAY, "B-2"))), store)
+    assert result.rejected == "processing_error"
+    assert result.timers_fired >= 1
+    timer_changes = [c for c in changes(result) if c[0] == "a"]
+    assert ("a", "lifecycle", "new", "at_risk") in [c[:4] for c in timer_changes]
+    dead = docs(result, DEAD_LETTER)
+    assert len(dead) == 1 and dead[0]["data"]["detail"] == "RuntimeError: scorer exploded"
+    assert len(store.get("b").orders) == 1  # the failed event changed nothing for b
+
+
+def test_a_failing_timer_does_not_stop_the_other_timers():
+    from streamer.core.scoring import FormulaScorer
+
+    cfg = ScoringConfig()
+    eng = Engine(cfg, scorers=[FormulaScorer(cfg), _FailsForCustomer(customer_orders=1)], wall_clock=lambda: WALL)
+    store = DictStore()
+    # Seed two one-order customers without the failing scorer, then switch it on.
+    plain = Engine(cfg, wall_clock=lambda: WALL)
+    plain.process(rec("orders", b"a", raw(order_doc("a", T0, "A-1"))), store)
+    plain.process(rec("orders", b"c", raw(order_doc("c", T0, "C-1"), )), store)
+    eng.restore_partition(0, store.data.values())
+    result = eng.process(rec("orders", b"b", raw(order_doc("b", T0 + 400 * DAY, "B-1"))), store)
+    # Both timers of a and c fail (one order each), b's own event fails too: all contained.
+    assert result.timer_errors >= 2
+    assert result.rejected == "processing_error"
+
+
+def test_the_engine_counts_customers_without_a_table_scan():
+    eng, store, _ = run([rec("orders", k.encode(), raw(order_doc(k, T0, f"{k}-1"))) for k in ("x", "y", "z")])
+    eng.process(rec("orders", b"x", raw(order_doc("x", T0 + DAY, "x-2"))), store)
+    assert eng.customers == 3
+    fresh = engine()
+    fresh.restore_partition(0, store.data.values())
+    assert fresh.customers == 3

@@ -433,3 +433,11 @@ def test_fast_check_never_fills_defaults() -> None:
     before = copy.deepcopy(doc)
     assert first_error(doc) is None
     assert doc == before
+
+
+def test_schemas_are_found_inside_the_package() -> None:
+    # An installed wheel has no top-level schemas/: the package carries them (pyproject
+    # package-data over the streamer/schemas link), and contracts looks there.
+    assert contracts.SCHEMA_DIR == Path(contracts.__file__).parent / "schemas"
+    names = {p.name for p in contracts.SCHEMA_DIR.glob("*.schema.json")}
+    assert "order-completed.v1.schema.json" in names and len(names) == 19

@@ -400,3 +400,19 @@ def test_state_roundtrip_and_version():
 
     with pytest.raises(ValueError, match="unsupported state version"):
         CustomerState.from_bytes(orjson.dumps(doc))
+
+
+def test_redelivery_of_an_archived_order_is_still_a_duplicate() -> None:
+    from corekit import DAY, T0, order
+
+    from streamer.core.config import ScoringConfig
+    from streamer.core.state import CustomerState, apply, is_duplicate
+
+    cfg = ScoringConfig(max_orders_kept=3)
+    events = [order(f"o{n}", T0 + n * DAY, 10.0) for n in range(6)]
+    state = CustomerState("c1")
+    for event in events:
+        state = apply(state, event, cfg)
+    assert "o0" not in state.orders and "o0" in state.archived_ids
+    assert is_duplicate(state, events[0])
+    assert apply(state, events[0], cfg) is state
