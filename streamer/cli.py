@@ -40,6 +40,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from datetime import date
+    from pathlib import Path
+
+    from streamer.evaluate import evaluate
+
+    report = evaluate(
+        Path(args.file),
+        calibration_end=date.fromisoformat(args.calibration_end),
+        holdout_end=date.fromisoformat(args.holdout_end),
+        margin_rate=args.margin_rate,
+        out_dir=Path(args.out) if args.out else None,
+        progress=not args.quiet,
+    )
+    print("\n".join(report.lines()))
+    if args.out:
+        print(f"per-customer predictions and metrics written to {args.out}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamer", description="Real-time customer lifetime value and segments from Kafka events.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-view", action="store_true", help="print a summary line per second instead of the live view")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="replay a CDNOW-format history, predict the holdout, report metrics")
+    p.add_argument("file", help="transaction log in CDNOW format (e.g. ../shared/data/CDNOW_sample.txt)")
+    p.add_argument("--calibration-end", default="1997-09-30", help="last day of calibration (default 1997-09-30)")
+    p.add_argument("--holdout-end", default="1998-06-30", help="last day of the holdout (default 1998-06-30)")
+    p.add_argument("--margin-rate", type=float, default=1.0, help="margin as a share of revenue (CDNOW has none)")
+    p.add_argument("--out", default=None, help="folder for predictions.csv and metrics.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -204,6 +204,8 @@ def start_worker(bootstrap: str, web_port: int, workdir: Path) -> tuple[subproce
         "WEB_PORT": str(web_port),
         "DATA_DIR": str(workdir / "data"),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "info"),
+        # Refit often, so the demo shows the population models learning the simulated shop.
+        "MODEL_REFIT_SECONDS": os.environ.get("MODEL_REFIT_SECONDS", "20"),
     }
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "streamer", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -44,10 +44,16 @@ class Metrics:
         )
         self.timers = Counter("clv_timers_fired_total", "Event-time timers fired (lapse, at risk, loyalty end).", registry=registry)
         self.timer_errors = Counter("clv_timer_errors_total", "Timers whose re-evaluation failed (the customer is skipped).", registry=registry)
+        self.refits = Counter("clv_model_refits_total", "Background refits of the population models.", registry=registry)
+        self.refit_seconds = Gauge("clv_model_refit_duration_seconds", "Duration of the last population refit.", registry=registry)
         self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
         self.event_time = Gauge(
             "clv_partition_event_time_seconds", "Event-time clock (newest event time, epoch s) per partition.", ["partition"], registry=registry
         )
+
+    def observe_refit(self, seconds: float) -> None:
+        self.refits.inc()
+        self.refit_seconds.set(seconds)
 
     def record(self, topic: str, partition: int, result: Result, event_time: float | None) -> None:
         """Count one processed record (latency is observed when the score is acknowledged)."""

@@ -45,6 +45,8 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "LOYAL_WINDOW_DAYS": ("180", "Window of the loyal rule."),
     "VALUE_TIER_MIN_POPULATION": ("50", "Scored customers a partition needs before value tiers are assigned."),
     "VALUE_TIER_HYSTERESIS": ("0.05", "Quantile margin a customer must cross beyond its tier's band before the tier changes."),
+    "MODEL_REFIT_SECONDS": ("300", "Interval of the background refit of the BG/NBD and Gamma-Gamma population models."),
+    "BTYD_HORIZON_DAYS": ("365", "Horizon of the buy-till-you-die predictions (expected purchases, P(no purchase), CLV)."),
     "CONSUMER_SESSION_TIMEOUT": ("10", "Kafka consumer session timeout (s); low so a dead worker's partitions move fast."),
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
@@ -96,6 +98,7 @@ class Settings:
     heartbeat_interval: float
     rebalance_timeout: float
     linger_ms: int
+    model_refit_seconds: float
     limits: Limits = field(default_factory=Limits)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
@@ -140,6 +143,7 @@ def load() -> Settings:
         heartbeat_interval=_number("CONSUMER_HEARTBEAT_INTERVAL", float, 0.1),
         rebalance_timeout=_number("CONSUMER_REBALANCE_TIMEOUT", float, 1),
         linger_ms=int(_number("PRODUCER_LINGER_MS", int, 0)),
+        model_refit_seconds=_number("MODEL_REFIT_SECONDS", float, 1),
         limits=Limits(
             max_event_bytes=int(_number("MAX_EVENT_BYTES", int, 256)),
             max_future_skew_s=_number("MAX_FUTURE_SKEW_SECONDS", float, 0),
@@ -156,5 +160,6 @@ def load() -> Settings:
             loyal_window_days=_number("LOYAL_WINDOW_DAYS", float, 1),
             value_tier_min_population=int(_number("VALUE_TIER_MIN_POPULATION", int, 1)),
             value_tier_hysteresis=_number("VALUE_TIER_HYSTERESIS", float, 0),
+            btyd_horizon_days=_number("BTYD_HORIZON_DAYS", float, 1),
         ),
     )

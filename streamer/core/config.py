@@ -35,6 +35,8 @@ class ScoringConfig:
     annual_discount_rate: float = 0.10
     #: Expected relationship duration in years for the formula CLV.
     expected_lifetime_years: float = 3.0
+    #: Horizon (days) of the buy-till-you-die predictions: purchases, P(no purchase), CLV.
+    btyd_horizon_days: float = 365.0
     #: Prior mean days between purchases; shrinks the interval of customers with few orders.
     prior_interval_days: float = 90.0
     #: Weight of that prior, in purchase intervals.

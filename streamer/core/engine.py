@@ -13,19 +13,27 @@ with the same timestamps and ids, as living through it.
 from __future__ import annotations
 
 import heapq
+
+import numpy as np
 import time as _time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from streamer.core import features as features_mod
 from streamer.core import outputs, segments
-from streamer.core.config import Limits, ScoringConfig
+from streamer.core.config import DAY, Limits, ScoringConfig
 from streamer.core.events import Event, decode
 from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
+from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
 SCORES, SEGMENT_CHANGES, DEAD_LETTER = "customer-scores", "segment-changes", "dead-letter"
+
+
+def default_scorers(config: ScoringConfig) -> list[Scorer]:
+    """Formula scores, then buy-till-you-die (BG/NBD + Gamma-Gamma) over the configured horizon."""
+    return [FormulaScorer(config), BTYDScorer(config.btyd_horizon_days, config.annual_discount_rate)]
 
 
 @dataclass(slots=True)
@@ -99,6 +107,9 @@ class PartitionClock:
     ranks: segments.PartitionRanks = field(default_factory=segments.PartitionRanks)
     #: Customers in this partition's state (kept here so the gauge needs no table scan).
     customers: int = 0
+    #: customer -> (repeat purchase days, first order time, last order time, mean repeat
+    #: value): what a population refit needs, without reading the table.
+    btyd_rows: dict[str, tuple[int, float, float, float]] = field(default_factory=dict)
 
     def schedule(self, customer: str, due: float | None) -> None:
         """Set (or clear) a customer's due time; O(log n), no scan of other customers."""
@@ -137,10 +148,45 @@ class Engine:
     ) -> None:
         self.config = config or ScoringConfig()
         self.limits = limits or Limits()
-        self.scorers: list[Scorer] = scorers if scorers is not None else [FormulaScorer(self.config)]
-        self.model_version = model_version(self.scorers)
+        self.scorers: list[Scorer] = scorers if scorers is not None else default_scorers(self.config)
         self.wall_clock = wall_clock
         self.partitions: dict[int, PartitionClock] = {}
+
+    @property
+    def model_version(self) -> str:
+        """Names every scorer and its parameter version (changes when a refit is swapped in)."""
+        return model_version(self.scorers)
+
+    @property
+    def btyd(self) -> BTYDScorer | None:
+        return next((s for s in self.scorers if isinstance(s, BTYDScorer)), None)
+
+    def population_summaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """(x, t_x, T, mean repeat value, now) over every customer with orders, in days.
+
+        T runs to each partition's own event-time clock, which is where that partition's
+        customers are scored.
+        """
+        rows = [
+            (x, (last - first) / DAY, (clock.now - first) / DAY, m)
+            for clock in self.partitions.values()
+            for (x, first, last, m) in clock.btyd_rows.values()
+        ]
+        now = max((clock.now for clock in self.partitions.values()), default=0.0)
+        if not rows:
+            empty = np.zeros(0)
+            return empty, empty, empty, empty, now
+        x, t_x, T, m = (np.asarray(column, dtype=float) for column in zip(*rows))
+        return x, t_x, np.maximum(T, t_x), m, now
+
+    def refit_population(self) -> PopulationModel | None:
+        """Fit BG/NBD and Gamma-Gamma on this engine's customers and swap them in."""
+        scorer = self.btyd
+        if scorer is None:
+            return None
+        x, t_x, T, m, now = self.population_summaries()
+        scorer.model = fit_population(x, t_x, T, m, fitted_at=now, previous=scorer.model)
+        return scorer.model
 
     # -- partition lifecycle ---------------------------------------------------------------
 
@@ -154,8 +200,11 @@ class Engine:
         """Rebuild a partition's clock, due-queue and ranking from its recovered states."""
         clock = self.partitions[partition] = PartitionClock()
         count = 0
+        states_with_orders = []
         for state in states:
             count += 1
+            if state.orders or state.archive[0]:
+                states_with_orders.append(state)
             clock.now = max(clock.now, state.last_event_at)
             if state.value is not None:
                 clock.ranks.update(state.customer, state.value)
@@ -164,6 +213,9 @@ class Engine:
         clock.due = [(d, c) for c, d in clock.due_of.items()]
         heapq.heapify(clock.due)
         clock.customers = count
+        for state in states_with_orders:
+            f = features_mod.compute(state, clock.now, self.config)
+            clock.btyd_rows[state.customer] = (f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
         return count
 
     @property
@@ -232,6 +284,16 @@ class Engine:
         result.outgoing.append(Outgoing(DEAD_LETTER, key, payload))
         return result
 
+    def advance_clock(self, partition: int, now: float, store: StateStore) -> Result:
+        """Move a partition's event-time clock forward with no event (end of a replay, or a
+        wall clock), firing the timers it passes."""
+        result = Result()
+        clock = self.clock(partition)
+        if now > clock.now:
+            clock.now = now
+            self.fire_due(partition, store, result)
+        return result
+
     def fire_due(self, partition: int, store: StateStore, result: Result) -> None:
         """Re-evaluate every customer whose due time the partition clock has passed."""
         clock = self.clock(partition)
@@ -256,6 +318,8 @@ class Engine:
         feats = features_mod.compute(state, now, self.config)
         scores = score(feats, self.scorers)
         clv = scores["formula_clv"] if feats.orders else None
+        if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
+            clock.btyd_rows[state.customer] = (feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
         clock.ranks.update(state.customer, clv)
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, self.config)}
         if clv is not None:

@@ -7,6 +7,7 @@ records it crashed on are acked — lost — so nothing may escape this loop.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -15,6 +16,7 @@ from typing import Any, AsyncIterator
 from streamer.core.engine import SCORES, Engine, Record, Result
 from streamer.core.state import CustomerState
 from streamer.metrics import Metrics
+from streamer.models.scorer import fit_population
 from streamer.shell.app import app, settings
 from streamer.shell.channels import inputs, outputs
 from streamer.shell.tables import customers, store
@@ -115,3 +117,29 @@ async def rebuild_partitions() -> None:
 async def report_state_size() -> None:
     # From the engine's counts: len() of a RocksDB-backed table scans every key.
     metrics.customers.set(engine.customers)
+
+
+@app.timer(interval=settings.model_refit_seconds)
+async def refit_population() -> None:
+    """Refit BG/NBD and Gamma-Gamma on this worker's customers without pausing the stream.
+
+    The summaries are snapshotted on the event loop (a consistent view, no table scan); the
+    fit runs in a thread and the new parameters are swapped in whole when it is done.
+    """
+    scorer = engine.btyd
+    if scorer is None:
+        return
+    x, t_x, T, m, now = engine.population_summaries()
+    if len(x) == 0:
+        return
+    started = time.perf_counter()
+    try:
+        model = await asyncio.get_running_loop().run_in_executor(None, fit_population, x, t_x, T, m, now, scorer.model)
+    except Exception as exc:  # noqa: BLE001 - keep scoring with the parameters in force
+        log.error("population refit failed: %s", type(exc).__name__)
+        return
+    elapsed = time.perf_counter() - started
+    metrics.observe_refit(elapsed)
+    if model.version != scorer.model.version:
+        scorer.model = model
+        log.info("population models refitted over %d customers in %.2fs: version %s", len(x), elapsed, model.version)

@@ -153,7 +153,7 @@ def test_scripted_score_updates():
     assert timer == {"timer": "due@" + outputs.rfc3339(T0 + 366 * DAY + 1)}
     first = docs(results[0], SCORES)[0]["data"]
     assert first["as_of"] == "2025-01-01T00:00:00.000Z"
-    assert first["model_version"] == "formula-1"
+    assert first["model_version"] == "formula-1+btyd-prior-cdnow.prior-cdnow"  # before any population fit
     assert first["segments"] == {LIFE: "new", TIER: "unranked"}
     assert first["scores"]["historic_clv"] == 30.0
     assert first["scores"]["churn_risk"] == 0.25

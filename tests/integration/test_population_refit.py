@@ -1,0 +1,47 @@
+"""The worker refits the population models in the background and scores with the new version."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.integration.conftest import worker_env
+from tests.integration.kafka_helpers import Kafka, cloudevent
+
+pytestmark = pytest.mark.integration
+
+
+def order(customer: str, n: int, day: int) -> bytes:
+    total = 20.0 + (hash((customer, n)) % 50)
+    data = {"order_id": f"{customer}-{n}", "total": total, "currency": "USD", "margin": total / 3,
+            "products": [{"product_id": "p", "price": total, "quantity": 1, "tier": "basic"}]}
+    return cloudevent(f"{customer}-e{n}", "Order Completed", f"2024-{1 + day // 28:02d}-{1 + day % 28:02d}T10:00:00Z", customer, data)
+
+
+async def test_background_refit_swaps_in_a_new_model_version(make_worker, broker: str) -> None:
+    worker = make_worker(worker_env(partitions=2, MODEL_REFIT_SECONDS="2"))
+    topics = worker.topics
+    async with Kafka(broker, [topics["customer-scores"]]) as kafka:
+        # 120 customers; 80 of them buy again (the fit needs at least 50 repeat buyers).
+        for c in range(120):
+            customer = f"refit-{c}"
+            await kafka.send(topics["orders"], "orders", customer.encode(), order(customer, 0, c % 60))
+            if c % 3:
+                await kafka.send(topics["orders"], "orders", customer.encode(), order(customer, 1, 60 + c % 90))
+        await kafka.wait_for(lambda o: o.doc["data"]["cause"].get("event_id") == "refit-119-e0", timeout_s=60)
+        # The next refit happens within 2 s; one more order is then scored with its version.
+        fitted = None
+        for attempt in range(20):
+            customer = f"late-{attempt}"
+            await kafka.send(topics["orders"], "orders", customer.encode(), order(customer, 0, 200))
+            scored = await kafka.wait_for(lambda o, e=f"{customer}-e0": o.doc["data"]["cause"].get("event_id") == e, timeout_s=30)
+            if "prior-cdnow" not in scored.doc["data"]["model_version"]:
+                fitted = scored.doc["data"]
+                break
+            await asyncio.sleep(0.5)
+    assert fitted is not None, "no score used a refitted model"
+    assert fitted["model_version"].startswith("formula-1+btyd-")
+    assert 0 < fitted["scores"]["p_alive"] <= 1
+    refits = [line for line in worker.metrics().splitlines() if line.startswith("clv_model_refits_total ")]
+    assert refits and float(refits[0].split()[1]) >= 1
