@@ -24,6 +24,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "TOPIC_SEGMENTS": ("segment-changes", "Output: segment changes, keyed by customer id."),
     "TOPIC_TRIGGERS": ("campaign-triggers", "Output: campaign triggers (contract only so far)."),
     "TOPIC_DEAD_LETTER": ("dead-letter", "Output: rejected inputs with reason, provenance and raw bytes."),
+    "TOPIC_MODELS": ("model-state", "Compacted: the fitted population parameters (and learned models), versioned; read at start."),
     "PARTITIONS": ("8", "Partitions of the input topics and the state table (must match: co-partitioned)."),
     "OUTPUT_PARTITIONS": ("8", "Partitions of the output topics, when the worker creates them."),
     "REPLICATION_FACTOR": ("1", "Replication factor of topics the worker creates (3 on a production cluster)."),
@@ -121,6 +122,7 @@ def load() -> Settings:
         "segment-changes": _env("TOPIC_SEGMENTS"),
         "campaign-triggers": _env("TOPIC_TRIGGERS"),
         "dead-letter": _env("TOPIC_DEAD_LETTER"),
+        "model-state": _env("TOPIC_MODELS"),
     }
     if len(set(topics.values())) != len(topics):
         raise ConfigError(f"topic names must be distinct: {topics}")

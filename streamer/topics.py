@@ -26,6 +26,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(t["customer-scores"], settings.output_partitions, rf, topic_configs=COMPACTED))
     for role in ("segment-changes", "campaign-triggers", "dead-letter"):
         specs.append(NewTopic(t[role], settings.output_partitions, rf))
+    # One partition: a handful of small, versioned model records, latest per key.
+    specs.append(NewTopic(t["model-state"], 1, rf, topic_configs=COMPACTED))
     return specs
 
 

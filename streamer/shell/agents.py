@@ -13,12 +13,15 @@ import time
 from collections import defaultdict
 from typing import Any, AsyncIterator
 
+import orjson
+
 from streamer.core.engine import SCORES, Engine, Record, Result
 from streamer.core.state import CustomerState
 from streamer.metrics import Metrics
-from streamer.models.scorer import fit_population
+from streamer.models.scorer import PopulationModel, fit_population
 from streamer.shell.app import app, settings
 from streamer.shell.channels import inputs, outputs
+from streamer.shell.model_state import POPULATION_KEY, read_latest
 from streamer.shell.tables import customers, store
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,26 @@ async def rebuild_partitions() -> None:
             engine.forget_partition(partition)
     restored = sum(engine.restore_partition(p, by_partition.get(p, [])) for p in assigned)
     log.info("state ready: %d customers on %d partitions", restored, len(assigned))
+    await load_models()
+
+
+async def load_models() -> None:
+    """Take the latest persisted population model, unless this worker already has a newer fit."""
+    scorer = engine.btyd
+    if scorer is None:
+        return
+    latest = await read_latest(settings.kafka_bootstrap, settings.topics["model-state"])
+    raw = latest.get(POPULATION_KEY)
+    if raw is None:
+        return
+    stored = PopulationModel.from_dict(orjson.loads(raw))
+    if (stored.fitted_at or 0.0) > (scorer.model.fitted_at or 0.0):
+        scorer.model = stored
+        log.info("population models loaded from %s: version %s", settings.topics["model-state"], stored.version)
+
+
+def persist_model(model: PopulationModel) -> None:
+    outputs["model-state"].send_soon(key=POPULATION_KEY, value=orjson.dumps(model.to_dict()))
 
 
 @app.timer(interval=5.0)
@@ -142,4 +165,5 @@ async def refit_population() -> None:
     metrics.observe_refit(elapsed)
     if model.version != scorer.model.version:
         scorer.model = model
+        persist_model(model)
         log.info("population models refitted over %d customers in %.2fs: version %s", len(x), elapsed, model.version)

@@ -13,6 +13,7 @@ outputs = {
     "customer-scores": app.topic(settings.topics["customer-scores"], partitions=settings.output_partitions, compacting=True, **RAW),
     "segment-changes": app.topic(settings.topics["segment-changes"], partitions=settings.output_partitions, **RAW),
     "dead-letter": app.topic(settings.topics["dead-letter"], partitions=settings.output_partitions, **RAW),
+    "model-state": app.topic(settings.topics["model-state"], partitions=1, compacting=True, **RAW),
 }
 #: actual topic name -> logical role
 role_of_topic = {settings.topics[role]: role for role in settings.input_roles}

@@ -19,8 +19,9 @@ def order(customer: str, n: int, day: int) -> bytes:
     return cloudevent(f"{customer}-e{n}", "Order Completed", f"2024-{1 + day // 28:02d}-{1 + day % 28:02d}T10:00:00Z", customer, data)
 
 
-async def test_background_refit_swaps_in_a_new_model_version(make_worker, broker: str) -> None:
-    worker = make_worker(worker_env(partitions=2, MODEL_REFIT_SECONDS="2"))
+async def test_background_refit_swaps_in_a_new_model_version_that_survives_restart(make_worker, broker: str) -> None:
+    env = worker_env(partitions=2, MODEL_REFIT_SECONDS="2")
+    worker = make_worker(env)
     topics = worker.topics
     async with Kafka(broker, [topics["customer-scores"]]) as kafka:
         # 120 customers; 80 of them buy again (the fit needs at least 50 repeat buyers).
@@ -40,8 +41,21 @@ async def test_background_refit_swaps_in_a_new_model_version(make_worker, broker
                 fitted = scored.doc["data"]
                 break
             await asyncio.sleep(0.5)
-    assert fitted is not None, "no score used a refitted model"
-    assert fitted["model_version"].startswith("formula-1+btyd-")
-    assert 0 < fitted["scores"]["p_alive"] <= 1
-    refits = [line for line in worker.metrics().splitlines() if line.startswith("clv_model_refits_total ")]
-    assert refits and float(refits[0].split()[1]) >= 1
+        assert fitted is not None, "no score used a refitted model"
+        assert fitted["model_version"].startswith("formula-1+btyd-")
+        assert 0 < fitted["scores"]["p_alive"] <= 1
+        refits = [line for line in worker.metrics().splitlines() if line.startswith("clv_model_refits_total ")]
+        assert refits and float(refits[0].split()[1]) >= 1
+
+        # Restart with refits effectively off: the next score can only have the fitted version
+        # if the worker loaded it from the model-state topic.
+        await asyncio.sleep(2.5)  # let a final refit (if any) be persisted
+        worker.stop()
+        restarted = make_worker({**env, "MODEL_REFIT_SECONDS": "3600"})
+        async with Kafka(broker, [topics["customer-scores"]]) as after:
+            await after.send(topics["orders"], "orders", b"after-restart", order("after-restart", 0, 210))
+            rescored = await after.wait_for(lambda o: o.doc["data"]["cause"].get("event_id") == "after-restart-e0", timeout_s=60)
+        latest_version = max((o.doc["data"] for o in kafka.outputs), key=lambda d: d["as_of"])["model_version"]
+        assert "prior-cdnow" not in rescored.doc["data"]["model_version"]
+        assert rescored.doc["data"]["model_version"] == latest_version
+        assert restarted.process is not None and restarted.process.poll() is None
