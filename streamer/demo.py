@@ -52,6 +52,7 @@ class ViewState:
     latency_p99_ms: float | None = None
     started: float = field(default_factory=time.monotonic)
     first_change_after_s: float | None = None
+    model_version: str = "-"
 
     def on_segment_change(self, data: dict) -> None:
         family, old, new = data["family"], data["from"], data["to"]
@@ -82,6 +83,7 @@ def render(state: ViewState, metrics_url: str, log_path: Path) -> str:
         else "starting…",
         f"latency p50 {state.latency_p50_ms or 0:.1f} ms · p99 {state.latency_p99_ms or 0:.1f} ms · "
         f"score updates {state.scores:,} · segment changes {state.segment_changes:,} · dead-letter {sum(state.dead_letter.values()):,}",
+        f"models {state.model_version}",
         f"metrics {metrics_url} · worker log {log_path}",
         "",
         "\x1b[1msegment populations\x1b[0m",
@@ -92,7 +94,7 @@ def render(state: ViewState, metrics_url: str, log_path: Path) -> str:
         lines.append(f"  {family:<11} {parts}")
     lines += ["", "\x1b[1mlatest segment changes\x1b[0m"]
     lines += [f"  {line}" for line in state.latest_changes]
-    lines += ["", "\x1b[1mtop customers by CLV\x1b[0m"]
+    lines += ["", "\x1b[1mtop customers by predicted CLV (BG/NBD + Gamma-Gamma, next year, margin, discounted)\x1b[0m"]
     for customer, clv in heapq.nlargest(5, state.clv.items(), key=lambda kv: kv[1]):
         lines.append(f"  {customer:<12} {clv:>10,.2f}")
     if state.dead_letter:
@@ -146,7 +148,9 @@ async def consume_outputs(bootstrap: str, topics: dict[str, str], state: ViewSta
                 state.on_segment_change(data)
             elif message.topic == topics["customer-scores"]:
                 state.scores += 1
-                state.clv[data["customer"]] = data["scores"]["formula_clv"]
+                scores = data["scores"]
+                state.clv[data["customer"]] = scores.get("predicted_clv", scores["formula_clv"])
+                state.model_version = data["model_version"]
             else:
                 state.dead_letter[data["reason"]] += 1
     finally:
