@@ -23,6 +23,8 @@ from streamer.core import features as features_mod
 from streamer.core import outputs, segments
 from streamer.core.config import DAY, Limits, ScoringConfig
 from streamer.core.events import Event, decode
+from streamer.core.explain import explain
+from streamer.core.features import Features
 from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
 from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
 from streamer.core.state import CustomerState, apply, is_duplicate
@@ -251,9 +253,10 @@ class Engine:
             if is_duplicate(state, event):
                 result.duplicate = True
                 return result
+            before = state
             state = apply(state, event, self.config)
             pending = Result()
-            self._evaluate(state, clock.now, {"event_id": event.id, "event_type": event.type}, clock, pending)
+            self._evaluate(state, clock.now, {"event_id": event.id, "event_type": event.type}, clock, pending, before)
             store.put(event.customer, state)
         except Exception as exc:  # noqa: BLE001 - one bad event must not take the others down
             return self._reject(record, "processing_error", f"{type(exc).__name__}: {exc}", result)
@@ -284,6 +287,16 @@ class Engine:
         result.outgoing.append(Outgoing(DEAD_LETTER, key, payload))
         return result
 
+    def _explain(self, state: CustomerState, before: CustomerState | None, feats: Features, scores: dict[str, float]) -> list[dict]:
+        if before is not None:
+            is_new = not (before.orders or before.archive[0] or before.seen or before.refunds)
+            prior = None if is_new else features_mod.compute(before, feats.now, self.config)
+        else:
+            prior = features_mod.compute(state, state.scored_at, self.config) if state.scored_at is not None else None
+        prior_scores = score(prior, self.scorers) if prior is not None else None
+        drivers = explain(prior, feats, prior_scores, scores, lambda f: score(f, self.scorers), top=3)
+        return [d.to_dict() for d in drivers]
+
     def advance_clock(self, partition: int, now: float, store: StateStore) -> Result:
         """Move a partition's event-time clock forward with no event (end of a replay, or a
         wall clock), firing the timers it passes."""
@@ -313,10 +326,25 @@ class Engine:
             result.outgoing.extend(pending.outgoing)
             result.transitions.extend(pending.transitions)
 
-    def _evaluate(self, state: CustomerState, now: float, cause: dict[str, str], clock: PartitionClock, result: Result) -> None:
-        """Score ``state`` at ``now``, update its segments in place, emit outgoing events."""
+    def _evaluate(
+        self,
+        state: CustomerState,
+        now: float,
+        cause: dict[str, str],
+        clock: PartitionClock,
+        result: Result,
+        before: CustomerState | None = None,
+    ) -> None:
+        """Score ``state`` at ``now``, update its segments in place, emit outgoing events.
+
+        ``before`` is the state before the event being applied (None for a timer); the
+        explanation compares with it at the same moment, so the event is the one thing that
+        changed, or — for a timer — with the same state when it was last scored.
+        """
         feats = features_mod.compute(state, now, self.config)
         scores = score(feats, self.scorers)
+        drivers = self._explain(state, before, feats, scores)
+        state.scored_at = now
         clv = scores["formula_clv"] if feats.orders else None
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
             clock.btyd_rows[state.customer] = (feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
@@ -345,7 +373,7 @@ class Engine:
                 SCORES,
                 key,
                 outputs.customer_scored(
-                    state.customer, now, cause, scores, feats.summary(), dict(state.segments), self.model_version
+                    state.customer, now, cause, scores, feats.summary(), dict(state.segments), self.model_version, drivers
                 ),
             )
         )

@@ -58,6 +58,7 @@ def customer_scored(
     inputs: dict[str, Any],
     segments: dict[str, str | None],
     model_version: str,
+    drivers: list[dict[str, Any]] | None = None,
 ) -> bytes:
     cause_key = cause.get("event_id") or cause.get("timer")
     return _envelope(
@@ -73,6 +74,7 @@ def customer_scored(
             "scores": rounded(scores),
             "inputs": inputs,
             "segments": segments,
+            "drivers": drivers or [],
         },
     )
 

@@ -66,6 +66,8 @@ class CustomerState:
     value: float | None = None
     #: Next event time at which a segment may change with no new event (lapse, at risk...).
     next_due: float | None = None
+    #: Event time of the last score update (what a timer's explanation compares with).
+    scored_at: float | None = None
     v: int = STATE_VERSION
 
     def to_bytes(self) -> bytes:
@@ -103,6 +105,7 @@ class CustomerState:
             segments=dict(self.segments),
             value=self.value,
             next_due=self.next_due,
+            scored_at=self.scored_at,
             v=self.v,
         )
 
