@@ -37,6 +37,9 @@ class ScoringConfig:
     expected_lifetime_years: float = 3.0
     #: Horizon (days) of the buy-till-you-die predictions: purchases, P(no purchase), CLV.
     btyd_horizon_days: float = 365.0
+    #: Horizon (days) of the online learners' labels: a prediction is labelled this long after
+    #: it was made, in event time (short enough for labels to arrive while they still matter).
+    learn_horizon_days: float = 90.0
     #: Prior mean days between purchases; shrinks the interval of customers with few orders.
     prior_interval_days: float = 90.0
     #: Weight of that prior, in purchase intervals.

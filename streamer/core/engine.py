@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
+import orjson
 import time as _time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
@@ -26,16 +27,22 @@ from streamer.core.events import Event, decode
 from streamer.core.explain import explain
 from streamer.core.features import Features
 from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
+from streamer.models.learned import LearnedScorer
+from streamer.models.online import DelayedLabelLearner
 from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
 SCORES, SEGMENT_CHANGES, DEAD_LETTER = "customer-scores", "segment-changes", "dead-letter"
+#: Keys of the persisted model state (the compacted model-state topic).
+POPULATION_KEY, ONLINE_KEY = "population", "online"
 
 
 def default_scorers(config: ScoringConfig) -> list[Scorer]:
-    """Formula scores, then buy-till-you-die (BG/NBD + Gamma-Gamma) over the configured horizon."""
-    return [FormulaScorer(config), BTYDScorer(config.btyd_horizon_days, config.annual_discount_rate)]
+    """Formula scores, buy-till-you-die (BG/NBD + Gamma-Gamma) over the configured horizon, then
+    the online learners that correct it with delayed labels."""
+    btyd = BTYDScorer(config.btyd_horizon_days, config.annual_discount_rate)
+    return [FormulaScorer(config), btyd, LearnedScorer(btyd, config.learn_horizon_days)]
 
 
 @dataclass(slots=True)
@@ -77,6 +84,15 @@ class Result:
     new_customer: bool = False
     timers_fired: int = 0
     timer_errors: int = 0
+    labels_learned: int = 0
+    drifts: int = 0
+
+    def absorb(self, part: "Result") -> None:
+        """Take over what evaluating one customer produced."""
+        self.outgoing.extend(part.outgoing)
+        self.transitions.extend(part.transitions)
+        self.labels_learned += part.labels_learned
+        self.drifts += part.drifts
 
 
 class StateStore(Protocol):
@@ -163,6 +179,10 @@ class Engine:
     def btyd(self) -> BTYDScorer | None:
         return next((s for s in self.scorers if isinstance(s, BTYDScorer)), None)
 
+    @property
+    def online(self) -> LearnedScorer | None:
+        return next((s for s in self.scorers if isinstance(s, LearnedScorer)), None)
+
     def population_summaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         """(x, t_x, T, mean repeat value, now) over every customer with orders, in days.
 
@@ -180,6 +200,32 @@ class Engine:
             return empty, empty, empty, empty, now
         x, t_x, T, m = (np.asarray(column, dtype=float) for column in zip(*rows))
         return x, t_x, np.maximum(T, t_x), m, now
+
+    def export_models(self) -> dict[str, bytes]:
+        """The learned model state to persist (population parameters, online learners):
+        small, versioned, no training data. Key -> bytes, as kept in the model-state topic."""
+        out: dict[str, bytes] = {}
+        if self.btyd is not None:
+            out[POPULATION_KEY] = orjson.dumps(self.btyd.model.to_dict())
+        if self.online is not None:
+            out[ONLINE_KEY] = self.online.learner.to_bytes()
+        return out
+
+    def import_models(self, stored: dict[str, bytes]) -> list[str]:
+        """Take persisted models that are newer than the ones in use; returns the keys taken."""
+        taken = []
+        btyd, online = self.btyd, self.online
+        if btyd is not None and POPULATION_KEY in stored:
+            model = PopulationModel.from_dict(orjson.loads(stored[POPULATION_KEY]))
+            if (model.fitted_at or 0.0) > (btyd.model.fitted_at or 0.0):
+                btyd.model = model
+                taken.append(POPULATION_KEY)
+        if online is not None and ONLINE_KEY in stored:
+            learner = DelayedLabelLearner.from_bytes(stored[ONLINE_KEY])
+            if learner.version > online.learner.version:
+                online.learner = learner
+                taken.append(ONLINE_KEY)
+        return taken
 
     def refit_population(self) -> PopulationModel | None:
         """Fit BG/NBD and Gamma-Gamma on this engine's customers and swap them in."""
@@ -260,8 +306,7 @@ class Engine:
             store.put(event.customer, state)
         except Exception as exc:  # noqa: BLE001 - one bad event must not take the others down
             return self._reject(record, "processing_error", f"{type(exc).__name__}: {exc}", result)
-        result.outgoing.extend(pending.outgoing)
-        result.transitions.extend(pending.transitions)
+        result.absorb(pending)
         return result
 
     def reject(self, record: Record, reason: str, detail: str) -> Result:
@@ -323,8 +368,7 @@ class Engine:
                 result.timer_errors += 1
                 continue
             result.timers_fired += 1
-            result.outgoing.extend(pending.outgoing)
-            result.transitions.extend(pending.transitions)
+            result.absorb(pending)
 
     def _evaluate(
         self,
@@ -341,10 +385,18 @@ class Engine:
         explanation compares with it at the same moment, so the event is the one thing that
         changed, or — for a timer — with the same state when it was last scored.
         """
+        online = self.online
+        if online is not None:
+            drifted = online.learn_if_due(state, now)
+            if drifted is not None:
+                result.labels_learned += 1
+                result.drifts += int(drifted)
         feats = features_mod.compute(state, now, self.config)
         scores = score(feats, self.scorers)
         drivers = self._explain(state, before, feats, scores)
         state.scored_at = now
+        if online is not None:
+            online.remember(state, feats, now)
         clv = scores["formula_clv"] if feats.orders else None
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
             clock.btyd_rows[state.customer] = (feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
@@ -367,6 +419,10 @@ class Engine:
                 )
         state.value = clv
         state.next_due = segments.next_change_at(feats, scores, self.config)
+        label_due = online.label_due(state) if online is not None else None
+        if label_due is not None:
+            label_due += segments.TIMER_SLACK_S
+            state.next_due = label_due if state.next_due is None else min(state.next_due, label_due)
         clock.schedule(state.customer, state.next_due)
         result.outgoing.append(
             Outgoing(

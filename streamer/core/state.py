@@ -68,6 +68,9 @@ class CustomerState:
     next_due: float | None = None
     #: Event time of the last score update (what a timer's explanation compares with).
     scored_at: float | None = None
+    #: The prediction in flight for the online learners (a Snapshot list), labelled when its
+    #: horizon has passed in event time.
+    pending: list[float] | None = None
     v: int = STATE_VERSION
 
     def to_bytes(self) -> bytes:
@@ -106,6 +109,7 @@ class CustomerState:
             value=self.value,
             next_due=self.next_due,
             scored_at=self.scored_at,
+            pending=self.pending,
             v=self.v,
         )
 

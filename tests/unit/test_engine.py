@@ -37,6 +37,16 @@ def engine(**kw) -> Engine:
     return Engine(wall_clock=lambda: WALL, **kw)
 
 
+def lifecycle_engine() -> Engine:
+    """Formula and BTYD scorers only: no label timers of the online learners in between, so
+    the lifecycle timers can be counted and ordered exactly."""
+    from streamer.core.scoring import FormulaScorer
+    from streamer.models.scorer import BTYDScorer
+
+    cfg = ScoringConfig()
+    return engine(scorers=[FormulaScorer(cfg), BTYDScorer(cfg.btyd_horizon_days, cfg.annual_discount_rate)])
+
+
 def run(records: list[Record], eng: Engine | None = None, store: DictStore | None = None):
     eng = eng or engine()
     store = store if store is not None else DictStore()
@@ -119,7 +129,7 @@ def assert_changes(actual: list[tuple], expected: list[tuple]) -> None:
 
 def test_scripted_segment_changes():
     assert RISK_1 == pytest.approx(135.367, abs=1e-3) and RISK_A == pytest.approx(92.619, abs=1e-3)
-    _, store, results = run(scripted())
+    _, store, results = run(scripted(), lifecycle_engine())
     for i, (result, expected) in enumerate(zip(results, EXPECTED_CHANGES, strict=True)):
         assert_changes(changes(result), expected)
         assert [(t.family, t.old, t.new) for t in result.transitions] == [e[1:4] for e in expected], i
@@ -141,7 +151,7 @@ def test_scripted_segment_changes():
 
 
 def test_scripted_score_updates():
-    _, _, results = run(scripted())
+    _, _, results = run(scripted(), lifecycle_engine())
     # Every applied event ends with its own score update; each timer adds one before it.
     per_record = [[(d["subject"], d["data"]["cause"]) for d in docs(r, SCORES)] for r in results]
     assert per_record[0] == [(A, {"event_id": "evt-A1", "event_type": "Order Completed"})]
@@ -250,6 +260,8 @@ def restore_and_continue(records: list[Record], split: int, eng_factory=engine):
     """Process records[:split], persist states as bytes, restore a fresh engine, process the rest."""
     eng1, store1, head = run(records[:split], eng_factory())
     eng2, store2 = eng_factory(), DictStore()
+    # The learned models come back from the model-state topic (persisted at the split here).
+    assert eng2.import_models(eng1.export_models()) or eng1.online.learner.version == 0
     by_partition: dict[int, list[CustomerState]] = {}
     for customer, state in store1.data.items():
         restored = CustomerState.from_bytes(state.to_bytes())
@@ -514,3 +526,38 @@ def test_the_engine_counts_customers_without_a_table_scan():
     fresh = engine()
     fresh.restore_partition(0, store.data.values())
     assert fresh.customers == 3
+
+
+def test_delayed_labels_arrive_once_at_their_event_time_and_count_only_their_window():
+    eng, store = engine(), DictStore()
+    learned: list[tuple[float, bool, float, float]] = []
+    original = eng.online.learner.learn
+
+    def spy(snapshot, churned, actual, at):
+        learned.append((snapshot.at, churned, actual, at))
+        return original(snapshot, churned, actual, at)
+
+    eng.online.learner.learn = spy
+    horizon = eng.config.learn_horizon_days * DAY
+    steps = [
+        rec("orders", b"a", raw(order_doc("a", T0, "A-1"))),  # a's prediction is made now
+        rec("orders", b"a", raw(order_doc("a", T0 + 30 * DAY, "A-2"))),  # inside the window
+        rec("email-events", b"b", raw(email_doc("b", T0 + 89 * DAY, "b-1"))),  # not yet due
+        rec("email-events", b"b", raw(email_doc("b", T0 + 91 * DAY, "b-2"))),  # due: b's clock passes it
+        rec("orders", b"a", raw(order_doc("a", T0 + 95 * DAY, "A-3"))),  # after the window: not in that label
+        rec("email-events", b"b", raw(email_doc("b", T0 + 95 * DAY + 3600, "b-3"))),  # nothing new is due
+    ]
+    counts = [eng.process(r, store).labels_learned for r in steps]
+    assert counts == [0, 0, 0, 1, 0, 0]
+    # One label: the prediction made at T0, one purchase day (T0+30d) in (T0, T0+90d], learned
+    # when the partition clock passed T0+90d.
+    assert learned == [(T0, False, 1.0, T0 + horizon)]
+    # The next prediction was remembered when a was evaluated at the label (T0+90d+1s timer).
+    assert Snapshot_at(store.get("a")) == pytest.approx(T0 + horizon + 1)
+    assert eng.online.learner.version == 1
+
+
+def Snapshot_at(state: CustomerState) -> float:
+    from streamer.models.online import Snapshot
+
+    return Snapshot.from_list(state.pending).at
