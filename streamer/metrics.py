@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from streamer.core.engine import Result
 
+ONLINE_QUALITY_METRICS = ("roc_auc", "log_loss", "mae", "mae_btyd", "roc_auc_btyd", "labels", "drifts")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -44,12 +45,27 @@ class Metrics:
         )
         self.timers = Counter("clv_timers_fired_total", "Event-time timers fired (lapse, at risk, loyalty end).", registry=registry)
         self.timer_errors = Counter("clv_timer_errors_total", "Timers whose re-evaluation failed (the customer is skipped).", registry=registry)
+        self.online_quality = Gauge(
+            "clv_online_quality",
+            "Progressive validation of the online learners on delayed labels: roc_auc, log_loss, mae (learned), "
+            "mae_btyd and roc_auc_btyd (BG/NBD alone on the same labels), labels.",
+            ["metric"],
+            registry=registry,
+        )
+        self.labels = Counter("clv_online_labels_total", "Delayed labels learned by the online models.", registry=registry)
+        self.drifts = Counter("clv_drift_detected_total", "Drifts detected by ADWIN in the online purchase model's error.", registry=registry)
         self.refits = Counter("clv_model_refits_total", "Background refits of the population models.", registry=registry)
         self.refit_seconds = Gauge("clv_model_refit_duration_seconds", "Duration of the last population refit.", registry=registry)
         self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
         self.event_time = Gauge(
             "clv_partition_event_time_seconds", "Event-time clock (newest event time, epoch s) per partition.", ["partition"], registry=registry
         )
+
+    def set_online_quality(self, quality: dict[str, float]) -> None:
+        """Progressive-validation quality of the online learners (and of BTYD on the same labels)."""
+        for name, value in quality.items():
+            if name in ONLINE_QUALITY_METRICS and value == value:  # skip NaN (no labels yet)
+                self.online_quality.labels(name).set(value)
 
     def observe_refit(self, seconds: float) -> None:
         self.refits.inc()
@@ -70,6 +86,10 @@ class Metrics:
             self.published.labels(out.topic_role).inc()
         if result.timers_fired:
             self.timers.inc(result.timers_fired)
+        if result.labels_learned:
+            self.labels.inc(result.labels_learned)
+        if result.drifts:
+            self.drifts.inc(result.drifts)
         if result.timer_errors:
             self.timer_errors.inc(result.timer_errors)
         if event_time is not None:

@@ -18,10 +18,10 @@ import orjson
 from streamer.core.engine import SCORES, Engine, Record, Result
 from streamer.core.state import CustomerState
 from streamer.metrics import Metrics
-from streamer.models.scorer import PopulationModel, fit_population
+from streamer.models.scorer import fit_population
 from streamer.shell.app import app, settings
 from streamer.shell.channels import inputs, outputs
-from streamer.shell.model_state import POPULATION_KEY, read_latest
+from streamer.shell.model_state import read_latest
 from streamer.shell.tables import customers, store
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ async def handle(role: str, event: Any) -> Result:
     except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
         metrics.publish_errors.inc()
         log.error("publishing results failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
+    if result.drifts:
+        log.warning("drift detected (ADWIN) in the online purchase model's error; it keeps learning from new labels")
     try:
         clock = engine.partitions.get(record.partition)
         metrics.record(role, record.partition, result, clock.now if clock else None)
@@ -118,28 +120,26 @@ async def rebuild_partitions() -> None:
 
 
 async def load_models() -> None:
-    """Take the latest persisted population model, unless this worker already has a newer fit."""
-    scorer = engine.btyd
-    if scorer is None:
-        return
+    """Take the latest persisted models (population parameters, online learners) that are
+    newer than the ones this worker has."""
     latest = await read_latest(settings.kafka_bootstrap, settings.topics["model-state"])
-    raw = latest.get(POPULATION_KEY)
-    if raw is None:
-        return
-    stored = PopulationModel.from_dict(orjson.loads(raw))
-    if (stored.fitted_at or 0.0) > (scorer.model.fitted_at or 0.0):
-        scorer.model = stored
-        log.info("population models loaded from %s: version %s", settings.topics["model-state"], stored.version)
+    taken = engine.import_models({key.decode(): value for key, value in latest.items()})
+    if taken:
+        log.info("models loaded from %s: %s; now %s", settings.topics["model-state"], ", ".join(taken), engine.model_version)
 
 
-def persist_model(model: PopulationModel) -> None:
-    outputs["model-state"].send_soon(key=POPULATION_KEY, value=orjson.dumps(model.to_dict()))
+def persist_models() -> None:
+    """Write the current models to the compacted model-state topic (latest per key)."""
+    for key, value in engine.export_models().items():
+        outputs["model-state"].send_soon(key=key.encode(), value=value)
 
 
 @app.timer(interval=5.0)
 async def report_state_size() -> None:
     # From the engine's counts: len() of a RocksDB-backed table scans every key.
     metrics.customers.set(engine.customers)
+    if engine.online is not None:
+        metrics.set_online_quality(engine.online.learner.quality.snapshot())
 
 
 @app.timer(interval=settings.model_refit_seconds)
@@ -163,7 +163,7 @@ async def refit_population() -> None:
         return
     elapsed = time.perf_counter() - started
     metrics.observe_refit(elapsed)
+    persist_models()  # the online learners have moved on since the last refit too
     if model.version != scorer.model.version:
         scorer.model = model
-        persist_model(model)
         log.info("population models refitted over %d customers in %.2fs: version %s", len(x), elapsed, model.version)

@@ -164,7 +164,7 @@ async def test_scripted_history_gives_exact_outputs(make_worker, broker: str) ->
     # A 60 refund on a 120 order with 50 margin keeps half of that margin.
     assert alice_last["scores"]["historic_clv"] == pytest.approx(30 + 25 + 20)
     assert alice_last["segments"]["lifecycle"] == "loyal"
-    assert alice_last["model_version"] == "formula-1+btyd-prior-cdnow.prior-cdnow"
+    assert alice_last["model_version"] == "formula-1+btyd-prior-cdnow.prior-cdnow+online-0"  # no fit, no label yet
     assert 0 < alice_last["scores"]["p_alive"] <= 1 and alice_last["scores"]["expected_purchases"] > 0
     bob_last = [s for s in scores if s["customer"] == BOB and s["cause"].get("event_id") == "b2"][0]
     assert (bob_last["inputs"]["orders"], bob_last["inputs"]["transactions"]) == (2, 1)  # same-day orders
