@@ -44,8 +44,18 @@ async def test_background_refit_swaps_in_a_new_model_version_that_survives_resta
         assert fitted is not None, "no score used a refitted model"
         assert fitted["model_version"].startswith("formula-1+btyd-")
         assert 0 < fitted["scores"]["p_alive"] <= 1
-        refits = [line for line in worker.metrics().splitlines() if line.startswith("clv_model_refits_total ")]
+        exposition = worker.metrics()
+        refits = [line for line in exposition.splitlines() if line.startswith("clv_model_refits_total ")]
         assert refits and float(refits[0].split()[1]) >= 1
+        # The orders span ~200 days of event time: 90-day labels have matured and been learned,
+        # and the progressive-validation gauges are exported (within the 5 s gauge interval).
+        labels = [line for line in exposition.splitlines() if line.startswith("clv_online_labels_total ")]
+        assert labels and float(labels[0].split()[1]) >= 1
+        for _ in range(30):
+            if 'clv_online_quality{metric="mae_btyd"}' in worker.metrics():
+                break
+            await asyncio.sleep(0.5)
+        assert 'clv_online_quality{metric="mae_btyd"}' in worker.metrics()
 
         # Restart with refits effectively off: the next score can only have the fitted version
         # if the worker loaded it from the model-state topic.
