@@ -48,6 +48,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "VALUE_TIER_HYSTERESIS": ("0.05", "Quantile margin a customer must cross beyond its tier's band before the tier changes."),
     "MODEL_REFIT_SECONDS": ("300", "Interval of the background refit of the BG/NBD and Gamma-Gamma population models."),
     "BTYD_HORIZON_DAYS": ("365", "Horizon of the buy-till-you-die predictions (expected purchases, P(no purchase), CLV)."),
+    "LEARN_HORIZON_DAYS": ("90", "Horizon of the online learners' delayed labels: a prediction is labelled this long after, in event time."),
     "CONSUMER_SESSION_TIMEOUT": ("10", "Kafka consumer session timeout (s); low so a dead worker's partitions move fast."),
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
@@ -163,5 +164,6 @@ def load() -> Settings:
             value_tier_min_population=int(_number("VALUE_TIER_MIN_POPULATION", int, 1)),
             value_tier_hysteresis=_number("VALUE_TIER_HYSTERESIS", float, 0),
             btyd_horizon_days=_number("BTYD_HORIZON_DAYS", float, 1),
+            learn_horizon_days=_number("LEARN_HORIZON_DAYS", float, 1),
         ),
     )
