@@ -72,6 +72,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "has_survey",
 )
 
+#: The features the corrections are learned from (the offsets read ``p_no_purchase`` and the
+#: BTYD expectation separately).
+MODEL_FEATURES: tuple[str, ...] = FEATURE_NAMES
+#: Standardised features are clipped to ±Z_MAX, and features whose sd so far is below MIN_SD
+#: are left out (see :meth:`_OffsetGLM.standardise`).
+Z_MAX = 3.0
+MIN_SD = 1e-3
+
 #: Bumped whenever FEATURE_NAMES or the meaning of a feature changes: snapshots taken with
 #: another layout are refused by :meth:`Snapshot.from_list` (the label is then skipped).
 SNAPSHOT_FORMAT = 1
@@ -252,17 +260,36 @@ class _OffsetGLM:
         )
         self.max_shift = max_shift
 
+    def standardise(self, x: dict[str, float]) -> dict[str, float]:
+        """The model's features, standardised, with (near-)constant ones dropped and |z| ≤ Z_MAX.
+
+        A feature that was (almost) constant in the labels seen so far carries no information
+        the model could have learned, but River's scaler divides by its tiny sd: a value off by
+        0.2 then reads as z ≈ 10⁵ and the correction slams into its clip for everyone. And labels
+        only ever cover the past, so predictions may meet values outside the range learned on;
+        clipping z keeps an extrapolated correction at most Z_MAX standard deviations' worth.
+        """
+        means, variances = self.scaler.means, self.scaler.vars
+        out = {}
+        for name in MODEL_FEATURES:
+            sd = variances.get(name, 0.0) ** 0.5
+            if sd < MIN_SD:
+                continue
+            z = (x.get(name, 0.0) - means[name]) / sd
+            out[name] = min(max(z, -Z_MAX), Z_MAX)
+        return out
+
     def shift(self, x: dict[str, float]) -> float:
         """r(x): the learned correction in the link scale, clipped."""
-        r = self.linear.predict_one(self.scaler.transform_one(x))
+        r = self.linear.predict_one(self.standardise(x))
         return min(max(r, -self.max_shift), self.max_shift)
 
     def learn(self, x: dict[str, float], r: float, y: float, mu: float, v: float) -> None:
         """One SGD step at current correction ``r`` with mean ``mu`` and variance ``v``."""
         # The scaler learns first, so the step is taken in the scale the next predictions use.
-        self.scaler.learn_one(x)
+        self.scaler.learn_one({name: x.get(name, 0.0) for name in MODEL_FEATURES})
         v = max(v, 1e-12)
-        self.linear.learn_one(self.scaler.transform_one(x), r + (y - mu) / v, w=v)
+        self.linear.learn_one(self.standardise(x), r + (y - mu) / v, w=v)
 
 
 class ChurnClassifier:
@@ -286,8 +313,8 @@ class ChurnClassifier:
     (True, True)
     """
 
-    def __init__(self, lr: float = 0.01, l2: float = 1e-4) -> None:
-        self.glm = _OffsetGLM(lr, l2, intercept_lr=0.02, clip_gradient=1.0, max_shift=MAX_LOGIT_SHIFT)
+    def __init__(self, lr: float = 0.01, l2: float = 1e-4, intercept_lr: float = 0.02) -> None:
+        self.glm = _OffsetGLM(lr, l2, intercept_lr=intercept_lr, clip_gradient=1.0, max_shift=MAX_LOGIT_SHIFT)
 
     def predict_one(self, x: dict[str, float]) -> float:
         return _sigmoid(_logit(x.get("p_no_purchase", 0.5)) + self.glm.shift(x))
@@ -308,7 +335,9 @@ class PurchaseRegressor:
     correction keeps BTYD's shape (a dead-looking customer stays near 0 unless features say
     otherwise) and starts from BTYD exactly (r = 0). SGD at a constant 0.002 (the Poisson
     gradient grows with the counts, so a smaller step than the classifier's; 0.02 overshot and
-    lost to BTYD on MAE) and gradients clipped at 3, so one heavy buyer cannot throw the weights.
+    lost to BTYD on MAE) and gradients clipped at 10, so one heavy buyer cannot throw the weights.
+    (A clip of 3 biased the level: upward steps (y − ŷ up to ~10) were cut, downward ones
+    (≤ ŷ) never, which on CDNOW pulled the correction to −45 % of BTYD's total.)
 
     >>> model = PurchaseRegressor()
     >>> model.predict_one({"log_emails_opened": 1.0}, btyd_expected=2.0)
@@ -319,8 +348,8 @@ class PurchaseRegressor:
     4.0
     """
 
-    def __init__(self, lr: float = 0.002, l2: float = 1e-4) -> None:
-        self.glm = _OffsetGLM(lr, l2, intercept_lr=0.02, clip_gradient=3.0, max_shift=MAX_LOG_RATIO)
+    def __init__(self, lr: float = 0.002, l2: float = 1e-4, intercept_lr: float = 0.02) -> None:
+        self.glm = _OffsetGLM(lr, l2, intercept_lr=intercept_lr, clip_gradient=10.0, max_shift=MAX_LOG_RATIO)
 
     def predict_one(self, x: dict[str, float], btyd_expected: float) -> float:
         return max(btyd_expected, MIN_EXPECTED) * math.exp(self.glm.shift(x))
