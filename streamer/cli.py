@@ -44,8 +44,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from datetime import date
     from pathlib import Path
 
-    from streamer.evaluate import evaluate
+    from streamer.evaluate import evaluate, evaluate_simulated
 
+    if args.simulated:
+        if args.file:
+            raise SystemExit("streamer evaluate: give either a CDNOW file or --simulated, not both")
+        report = evaluate_simulated(
+            customers=args.customers,
+            seed=args.seed,
+            calibration_days=args.calibration_days,
+            holdout_days=args.holdout_days,
+            learn_horizon_days=args.learn_horizon_days,
+            progress=not args.quiet,
+            out_dir=Path(args.out) if args.out else None,
+        )
+        print("\n".join(report.lines()))
+        if args.out:
+            print(f"per-customer predictions and metrics written to {args.out}/")
+        return 0
+    if not args.file:
+        raise SystemExit("streamer evaluate: a CDNOW file (or --simulated) is required")
     report = evaluate(
         Path(args.file),
         calibration_end=date.fromisoformat(args.calibration_end),
@@ -72,20 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP) + worker + shop simulator + live view")
-    p.add_argument("--customers", type=int, default=2000, help="simulated customers (default 2000)")
-    p.add_argument("--speed", type=float, default=3.0, help="simulated days per real second (default 3)")
+    p.add_argument("--customers", type=int, default=1500, help="simulated customers (default 1500)")
+    p.add_argument("--speed", type=float, default=2.0, help="simulated days per real second (default 2)")
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-view", action="store_true", help="print a summary line per second instead of the live view")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("evaluate", help="replay a CDNOW-format history, predict the holdout, report metrics")
-    p.add_argument("file", help="transaction log in CDNOW format (e.g. ../shared/data/CDNOW_sample.txt)")
+    p = sub.add_parser(
+        "evaluate",
+        help="replay a CDNOW-format history (or a simulated shop: --simulated), predict the holdout, report metrics",
+    )
+    p.add_argument("file", nargs="?", help="transaction log in CDNOW format (e.g. ../shared/data/CDNOW_sample.txt)")
     p.add_argument("--calibration-end", default="1997-09-30", help="last day of calibration (default 1997-09-30)")
     p.add_argument("--holdout-end", default="1998-06-30", help="last day of the holdout (default 1998-06-30)")
     p.add_argument("--margin-rate", type=float, default=1.0, help="margin as a share of revenue (CDNOW has none)")
     p.add_argument("--out", default=None, help="folder for predictions.csv and metrics.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim = p.add_argument_group("simulated shop (truth known): BTYD alone vs with the online learners")
+    sim.add_argument("--simulated", action="store_true", help="evaluate on the shop simulator instead of a file")
+    sim.add_argument("--customers", type=int, default=1500, help="simulated customers (default 1500)")
+    sim.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    sim.add_argument("--calibration-days", type=float, default=270.0, help="calibration period (default 270)")
+    sim.add_argument("--holdout-days", type=float, default=180.0, help="holdout period (default 180)")
+    sim.add_argument("--learn-horizon-days", type=float, default=75.0, help="online learners' label horizon (default 75)")
     p.set_defaults(func=_cmd_evaluate)
 
     args = parser.parse_args(argv)

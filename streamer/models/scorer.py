@@ -24,6 +24,9 @@ PRIOR_GAMMA_GAMMA = btyd.GammaGammaParams(p=6.25, q=3.74, v=15.44, version="prio
 #: discounting at 10 %/year and costs a third of monthly steps per event.
 DISCOUNT_STEPS = 4
 
+#: A BG/NBD fit with a below / b above these has found no evidence of dropout (see fit_population).
+DEGENERATE_A, DEGENERATE_B = 1e-3, 1e4
+
 #: A fit needs this many customers with repeat purchases, else the prior (or the last fit) stays.
 MIN_REPEAT_CUSTOMERS = 50
 
@@ -63,6 +66,11 @@ def fit_population(
         return previous
     summaries = btyd.compress(x, np.round(t_x), np.round(T))
     bgnbd = btyd.fit_bgnbd(summaries, initial=previous.bgnbd)
+    if bgnbd.a < DEGENERATE_A or bgnbd.b > DEGENERATE_B:
+        # Early in a shop's life nobody has been silent long enough to show dropout, and the
+        # likelihood is maximised by "nobody ever drops out" (a -> 0, b -> inf): P(alive) = 1
+        # for everyone. Keep the parameters in force until the data can tell.
+        return previous
     m = np.asarray(mean_value, dtype=float)
     usable = repeaters & (m > 0)
     gamma_gamma = previous.gamma_gamma

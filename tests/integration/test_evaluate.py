@@ -34,6 +34,13 @@ def test_evaluate_reproduces_the_published_fit_through_the_stream(tmp_path: Path
     assert metrics["total_error_pct"] == pytest.approx(-12.1, abs=0.5)
     assert metrics["auc_churn_p_no_purchase"] == pytest.approx(0.757, abs=0.005)
     assert metrics["auc_churn_expected_purchases"] == pytest.approx(0.7725, abs=0.005)
+    # The online learners (13-week delayed labels inside calibration), as measured: better
+    # churn ranking than P(no purchase) and the total within 5 %, but a worse MAE.
+    assert metrics["labels_learned"] == 4714
+    assert metrics["auc_churn_learned"] == pytest.approx(0.7655, abs=0.01)
+    assert metrics["total_error_pct_learned"] == pytest.approx(4.6, abs=2.0)
+    assert metrics["mae_purchases_learned"] == pytest.approx(0.839, abs=0.02)
+    assert metrics["online_quality"]["labels"] == 4714
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "customer,expected_purchases,p_at_least_one,predicted_value,actual_purchases,actual_spend"
     assert len(rows) == 2358
