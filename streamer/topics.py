@@ -44,7 +44,7 @@ async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
                 try:
                     await admin.create_topics(missing)
                 except TopicAlreadyExistsError:
-                    pass  # another worker created them first
+                    log.info("topics were created by another worker meanwhile")
                 log.info("created topics: %s", ", ".join(s.name for s in missing))
             return [s.name for s in missing]
         except KafkaConnectionError as exc:

@@ -7,14 +7,14 @@ falling back to the prior until its next refit.
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamer.shell.recovery import read_to_end
+
 POPULATION_KEY = b"population"
 
-EMPTY_FETCHES_AT_END = 2
-FETCH_TIMEOUT_MS = 200
 READ_DEADLINE_S = 10.0
 
 
@@ -29,21 +29,17 @@ async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes]:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        empty, deadline = 0, time.monotonic() + READ_DEADLINE_S
-        while empty < EMPTY_FETCHES_AT_END and time.monotonic() < deadline:
-            fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
-            if not any(fetched.values()):
-                empty += 1
-                continue
-            empty = 0
-            for messages in fetched.values():
-                for message in messages:
-                    if message.key is None:
-                        continue
-                    if message.value is None:
-                        latest.pop(message.key, None)
-                    else:
-                        latest[message.key] = message.value
+
+        def keep_latest(_tp: TopicPartition, messages: list[Any]) -> None:
+            for message in messages:
+                if message.key is None:
+                    continue
+                if message.value is None:
+                    latest.pop(message.key, None)
+                else:
+                    latest[message.key] = message.value
+
+        await read_to_end(consumer, keep_latest, READ_DEADLINE_S)
     finally:
         await consumer.stop()
     return latest

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +29,22 @@ FETCH_TIMEOUT_MS = 200
 PROBE_DEADLINE_S = 10.0
 
 
+async def read_to_end(consumer: AIOKafkaConsumer, handle: Callable[[TopicPartition, list[Any]], None], deadline_s: float) -> None:
+    """Fetch from the consumer's positions until fetches come back empty (the log's real end,
+    whatever high watermark the broker reports) or ``deadline_s`` passes; ``handle`` gets each
+    partition's records."""
+    empty = 0
+    deadline = time.monotonic() + deadline_s
+    while empty < EMPTY_FETCHES_AT_END and time.monotonic() < deadline:
+        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+        if not any(fetched.values()):
+            empty += 1
+            continue
+        empty = 0
+        for kafka_tp, messages in fetched.items():
+            handle(kafka_tp, messages)
+
+
 async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int]) -> dict[TP, int]:
     """The true end offset (last offset + 1) of each partition, starting from ``reported``."""
     ends = dict(reported)
@@ -41,19 +57,13 @@ async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int]) -> dict[
         consumer.assign(list(by_kafka_tp))
         for kafka_tp, tp in by_kafka_tp.items():
             consumer.seek(kafka_tp, max(ends[tp], 0))
-        empty = 0
+        def note_end(kafka_tp: TopicPartition, messages: list[Any]) -> None:
+            tp = by_kafka_tp[kafka_tp]
+            ends[tp] = max(ends[tp], messages[-1].offset + 1)
+
         # A partition another worker is still writing to (a standby) never runs dry: stop
         # at a deadline rather than hold up the rebalance.
-        deadline = time.monotonic() + PROBE_DEADLINE_S
-        while empty < EMPTY_FETCHES_AT_END and time.monotonic() < deadline:
-            fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
-            if not any(fetched.values()):
-                empty += 1
-                continue
-            empty = 0
-            for kafka_tp, messages in fetched.items():
-                tp = by_kafka_tp[kafka_tp]
-                ends[tp] = max(ends[tp], messages[-1].offset + 1)
+        await read_to_end(consumer, note_end, PROBE_DEADLINE_S)
     finally:
         await consumer.stop()
     corrected = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported[tp]}
