@@ -46,3 +46,16 @@ def test_invalid_settings_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPa
 def test_fx_rates_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FX_RATES", "eur=1.08, GBP=1.27")
     assert settings.load().limits.fx_rates == {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
+
+
+def test_the_readme_example_event_is_valid() -> None:
+    import json
+    import re
+
+    from streamer import contracts
+
+    block = re.search(r"```json\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    event = json.loads(block.group(1))
+    assert contracts.first_error(event) is None
+    assert contracts.INPUT_TYPES[event["type"]] == "orders"
