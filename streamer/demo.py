@@ -271,6 +271,7 @@ DEMO_NAMES = {
     "TOPIC_SEGMENTS": "demo-segment-changes",
     "TOPIC_TRIGGERS": "demo-campaign-triggers",
     "TOPIC_DEAD_LETTER": "demo-dead-letter",
+    "TOPIC_MODELS": "demo-model-state",
 }
 
 

@@ -50,6 +50,7 @@ class Worker:
             "customer-scores": "TOPIC_SCORES",
             "segment-changes": "TOPIC_SEGMENTS",
             "dead-letter": "TOPIC_DEAD_LETTER",
+            "model-state": "TOPIC_MODELS",
         }
         return {role: self.env[var] for role, var in keys.items()}
 
@@ -121,6 +122,7 @@ def worker_env(partitions: int = 2, **extra: str) -> dict[str, str]:
         "TOPIC_SEGMENTS": f"segment-changes-{run}",
         "TOPIC_TRIGGERS": f"campaign-triggers-{run}",
         "TOPIC_DEAD_LETTER": f"dead-letter-{run}",
+        "TOPIC_MODELS": f"model-state-{run}",
         "PARTITIONS": str(partitions),
         "OUTPUT_PARTITIONS": str(partitions),
         "LOG_LEVEL": "info",

@@ -6,6 +6,11 @@ import asyncio
 
 import pytest
 
+import orjson
+
+from streamer.models.online import DelayedLabelLearner
+from streamer.models.scorer import PopulationModel
+from streamer.shell.model_state import read_latest
 from tests.integration.conftest import worker_env
 from tests.integration.kafka_helpers import Kafka, cloudevent
 
@@ -62,10 +67,13 @@ async def test_background_refit_swaps_in_a_new_model_version_that_survives_resta
         await asyncio.sleep(2.5)  # let a final refit (if any) be persisted
         worker.stop()
         restarted = make_worker({**env, "MODEL_REFIT_SECONDS": "3600"})
+        stored = await read_latest(broker, topics["model-state"])
+        population = PopulationModel.from_dict(orjson.loads(stored[b"population"]))
+        learner = DelayedLabelLearner.from_bytes(stored[b"online"])
         async with Kafka(broker, [topics["customer-scores"]]) as after:
             await after.send(topics["orders"], "orders", b"after-restart", order("after-restart", 0, 210))
             rescored = await after.wait_for(lambda o: o.doc["data"]["cause"].get("event_id") == "after-restart-e0", timeout_s=60)
-        latest_version = max((o.doc["data"] for o in kafka.outputs), key=lambda d: d["as_of"])["model_version"]
-        assert "prior-cdnow" not in rescored.doc["data"]["model_version"]
-        assert rescored.doc["data"]["model_version"] == latest_version
+        formula, btyd, online = rescored.doc["data"]["model_version"].split("+")
+        assert btyd == f"btyd-{population.version}" and "prior" not in btyd
+        assert learner.version >= 1 and int(online.removeprefix("online-")) >= learner.version
         assert restarted.process is not None and restarted.process.poll() is None
