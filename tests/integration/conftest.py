@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.broker import EmbeddedBroker, free_port
+from streamer.broker import EmbeddedBroker, free_port, stop_process
 
 
 @pytest.fixture(scope="session")
@@ -91,17 +91,7 @@ class Worker:
             return response.read().decode()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s=20, kill=kill)
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -24,8 +24,6 @@ def test_a_fit_without_evidence_of_dropout_keeps_the_parameters_in_force() -> No
 
 
 def test_a_real_fit_replaces_the_prior_and_is_versioned() -> None:
-    from streamer.models.btyd import expected_purchases_new  # noqa: F401  (the module under test)
-
     rng = np.random.default_rng(5)
     n = 3000
     lam = rng.gamma(0.25, 1 / 4.0, n) / 7  # purchases per day
