@@ -14,7 +14,7 @@ from __future__ import annotations
 from streamer.core.config import DAY
 from streamer.core.features import Features
 from streamer.core.state import CustomerState
-from streamer.models.online import DelayedLabelLearner, Snapshot, btyd_scores_for, feature_vector, label_from_orders, order_times_and_values
+from streamer.models.online import DelayedLabelLearner, Snapshot, feature_vector, label_from_orders, order_times_and_values
 from streamer.models.scorer import BTYDScorer
 
 
@@ -35,7 +35,7 @@ class LearnedScorer:
 
     def inputs(self, features: Features) -> tuple[dict[str, float], float]:
         """The learners' feature vector and the BG/NBD expectation over their horizon."""
-        btyd_h = btyd_scores_for(self.btyd.model, features, self.horizon_days)
+        btyd_h = self.btyd.quantities(features, self.horizon_days)[1] if features.orders else {}
         return feature_vector(features, btyd_h), btyd_h.get("expected_purchases", 0.0)
 
     def predict_one(self, features: Features, scores: dict[str, float]) -> dict[str, float]:

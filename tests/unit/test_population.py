@@ -45,3 +45,38 @@ def test_a_real_fit_replaces_the_prior_and_is_versioned() -> None:
     assert model != PopulationModel()
     assert model.fitted_at == 3.0 and model.version and "prior" not in model.version
     assert 0.1 < model.bgnbd.r < 0.5 and 0.3 < model.bgnbd.a < 2.0
+
+
+def test_the_scorer_computes_exactly_what_the_reference_formulas_give() -> None:
+    """BTYDScorer evaluates everything with one vectorised call; btyd.py's functions are the
+    reference, one quantity at a time."""
+    import random
+
+    from corekit import DAY, T0, features_at, order
+
+    from streamer.core.config import ScoringConfig
+    from streamer.models import btyd
+    from streamer.models.online import btyd_scores_for
+    from streamer.models.scorer import DISCOUNT_STEPS, BTYDScorer, btyd_inputs
+
+    rng = random.Random(1)
+    scorer = BTYDScorer()
+    for trial in range(200):
+        events = [order(f"o{i}", T0 + rng.uniform(0, 400) * DAY, rng.uniform(5, 300), rng.uniform(1, 50)) for i in range(rng.randint(1, 12))]
+        f = features_at(events, T0 + 420 * DAY, ScoringConfig())
+        scores, extra = scorer.quantities(f, 90.0)
+        bg, gg = scorer.model.bgnbd, scorer.model.gamma_gamma
+        x, t_x, T = btyd_inputs(f)
+        h = scorer.horizon_days
+        reference = {
+            "p_alive": btyd.p_alive(bg, x, t_x, T),
+            "expected_purchases": btyd.expected_purchases(bg, h, x, t_x, T),
+            "p_no_purchase": btyd.p_no_purchase(bg, h, x, t_x, T),
+            "expected_order_value": btyd.expected_value(gg, x, f.repeat_mean_value),
+            "predicted_clv": btyd.discounted_clv(bg, gg, x, t_x, T, f.repeat_mean_value, h, max(f.margin_rate, 0.0), 0.10, 1.0, steps=DISCOUNT_STEPS),
+            "next_order_in_days": btyd.expected_next_purchase_time(bg, x, T),
+        }
+        for key, value in reference.items():
+            assert abs(scores[key] - value) <= 1e-12 * max(1.0, abs(value)), (trial, key)
+        for key, value in btyd_scores_for(scorer.model, f, 90.0).items():
+            assert abs(extra[key] - value) <= 1e-12 * max(1.0, abs(value)), (trial, key)
