@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -76,8 +76,51 @@ def _check_positive(kind: str, **values: float) -> None:
             raise ValueError(f"{kind} parameter {name} must be finite and > 0, got {value!r}")
 
 
+class _FittedParams:
+    """What both parameter sets share: validation, a content version, JSON round trip.
+
+    Subclasses are frozen dataclasses naming their ``MODEL`` and parameter ``NAMES``, followed
+    by the fit metadata fields ``log_likelihood``, ``n_customers`` and ``version``.
+    """
+
+    MODEL: str
+    LABEL: str
+    NAMES: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_positive(self.LABEL, **dict(zip(self.NAMES, self.as_tuple())))
+        if not self.version:  # type: ignore[attr-defined]
+            object.__setattr__(self, "version", _version(self.MODEL, self.as_tuple()))
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return tuple(getattr(self, name) for name in self.NAMES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (floats, int, str), small enough for a Kafka record."""
+        ll = self.log_likelihood  # type: ignore[attr-defined]
+        return {
+            "model": self.MODEL,
+            **{name: float(getattr(self, name)) for name in self.NAMES},
+            "log_likelihood": None if ll is None else float(ll),
+            "n_customers": int(self.n_customers),  # type: ignore[attr-defined]
+            "version": self.version,  # type: ignore[attr-defined]
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        if data.get("model", cls.MODEL) != cls.MODEL:
+            raise ValueError(f"not {cls.LABEL} parameters: model={data.get('model')!r}")
+        ll = data.get("log_likelihood")
+        return cls(  # type: ignore[call-arg]
+            *(float(data[name]) for name in cls.NAMES),
+            log_likelihood=None if ll is None else float(ll),
+            n_customers=int(data.get("n_customers", 0)),
+            version=str(data.get("version", "")),
+        )
+
+
 @dataclass(frozen=True)
-class BGNBDParams:
+class BGNBDParams(_FittedParams):
     """BG/NBD population parameters: λ ~ Gamma(shape r, rate alpha), p ~ Beta(a, b).
 
     ``alpha`` is in the time unit of the summaries it was fitted on. ``log_likelihood`` and
@@ -89,6 +132,10 @@ class BGNBDParams:
     True
     """
 
+    MODEL: ClassVar[str] = "bgnbd"
+    LABEL: ClassVar[str] = "BG/NBD"
+    NAMES: ClassVar[tuple[str, ...]] = ("r", "alpha", "a", "b")
+
     r: float
     alpha: float
     a: float
@@ -97,45 +144,9 @@ class BGNBDParams:
     n_customers: int = 0
     version: str = ""
 
-    def __post_init__(self) -> None:
-        _check_positive("BG/NBD", r=self.r, alpha=self.alpha, a=self.a, b=self.b)
-        if not self.version:
-            object.__setattr__(self, "version", _version("bgnbd", self.as_tuple()))
-
-    def as_tuple(self) -> tuple[float, float, float, float]:
-        return (self.r, self.alpha, self.a, self.b)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (floats, int, str), small enough for a Kafka record."""
-        return {
-            "model": "bgnbd",
-            "r": float(self.r),
-            "alpha": float(self.alpha),
-            "a": float(self.a),
-            "b": float(self.b),
-            "log_likelihood": None if self.log_likelihood is None else float(self.log_likelihood),
-            "n_customers": int(self.n_customers),
-            "version": self.version,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BGNBDParams:
-        if data.get("model", "bgnbd") != "bgnbd":
-            raise ValueError(f"not BG/NBD parameters: model={data.get('model')!r}")
-        ll = data.get("log_likelihood")
-        return cls(
-            r=float(data["r"]),
-            alpha=float(data["alpha"]),
-            a=float(data["a"]),
-            b=float(data["b"]),
-            log_likelihood=None if ll is None else float(ll),
-            n_customers=int(data.get("n_customers", 0)),
-            version=str(data.get("version", "")),
-        )
-
 
 @dataclass(frozen=True)
-class GammaGammaParams:
+class GammaGammaParams(_FittedParams):
     """Gamma-Gamma parameters: z ~ Gamma(shape p, rate ν) per transaction, ν ~ Gamma(shape q, rate v).
 
     The population mean transaction value is p·v/(q − 1) (finite only for q > 1).
@@ -147,45 +158,16 @@ class GammaGammaParams:
     True
     """
 
+    MODEL: ClassVar[str] = "gammagamma"
+    LABEL: ClassVar[str] = "Gamma-Gamma"
+    NAMES: ClassVar[tuple[str, ...]] = ("p", "q", "v")
+
     p: float
     q: float
     v: float
     log_likelihood: float | None = None
     n_customers: int = 0
     version: str = ""
-
-    def __post_init__(self) -> None:
-        _check_positive("Gamma-Gamma", p=self.p, q=self.q, v=self.v)
-        if not self.version:
-            object.__setattr__(self, "version", _version("gammagamma", self.as_tuple()))
-
-    def as_tuple(self) -> tuple[float, float, float]:
-        return (self.p, self.q, self.v)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": "gammagamma",
-            "p": float(self.p),
-            "q": float(self.q),
-            "v": float(self.v),
-            "log_likelihood": None if self.log_likelihood is None else float(self.log_likelihood),
-            "n_customers": int(self.n_customers),
-            "version": self.version,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GammaGammaParams:
-        if data.get("model", "gammagamma") != "gammagamma":
-            raise ValueError(f"not Gamma-Gamma parameters: model={data.get('model')!r}")
-        ll = data.get("log_likelihood")
-        return cls(
-            p=float(data["p"]),
-            q=float(data["q"]),
-            v=float(data["v"]),
-            log_likelihood=None if ll is None else float(ll),
-            n_customers=int(data.get("n_customers", 0)),
-            version=str(data.get("version", "")),
-        )
 
 
 # -- summaries ------------------------------------------------------------------------------
