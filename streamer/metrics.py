@@ -37,13 +37,19 @@ class Metrics:
         self.transitions = Counter(
             "clv_segment_transitions_total", "Segment changes published, by family and from/to segment.", ["family", "from_segment", "to_segment"], registry=registry
         )
+        self.triggers = Counter(
+            "clv_campaign_triggers_total",
+            "Campaign triggers that came due, by trigger and status: fired, or suppressed by cooldown or consent.",
+            ["trigger", "status"],
+            registry=registry,
+        )
         self.published = Counter(
             "clv_events_published_total", "Records produced, by output topic.", ["topic"], registry=registry
         )
         self.publish_errors = Counter(
             "clv_publish_errors_total", "Records whose outgoing events could not be handed to the producer.", registry=registry
         )
-        self.timers = Counter("clv_timers_fired_total", "Event-time timers fired (lapse, at risk, loyalty end).", registry=registry)
+        self.timers = Counter("clv_timers_fired_total", "Due-queue timers fired (segment changes and campaign triggers with no new event, delayed labels).", registry=registry)
         self.timer_errors = Counter("clv_timer_errors_total", "Timers whose re-evaluation failed (the customer is skipped).", registry=registry)
         self.online_quality = Gauge(
             "clv_online_quality",
@@ -82,6 +88,8 @@ class Metrics:
                 self.duplicates.labels(topic).inc()
         for t in result.transitions:
             self.transitions.labels(t.family, t.old or "none", t.new or "none").inc()
+        for outcome in result.triggers:
+            self.triggers.labels(outcome.trigger, outcome.status).inc()
         for out in result.outgoing:
             self.published.labels(out.topic_role).inc()
         if result.timers_fired:

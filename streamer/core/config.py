@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from types import MappingProxyType
+from typing import Mapping
+
 DAY = 86_400.0
 YEAR_DAYS = 365.25
 
@@ -25,6 +28,117 @@ class Limits:
     reporting_currency: str = "USD"
     #: Units of the reporting currency per unit of each accepted currency.
     fx_rates: dict[str, float] = field(default_factory=lambda: {"USD": 1.0})
+
+
+#: Bands of a score, high to low: (segment, lowest value); the last floor must be 0.
+Bands = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class ChurnBandRule:
+    """churn band: low / medium / high by a churn score, with hysteresis."""
+
+    #: The first of these scores the customer has decides the band (formula churn_risk first:
+    #: its crossing times have a closed form, so the timer fires exactly at the boundary).
+    scores: tuple[str, ...] = ("churn_risk",)
+    bands: Bands = (("high", 0.6), ("medium", 0.3), ("low", 0.0))
+    #: A customer keeps its band until the score is this far past the band's edges.
+    hysteresis: float = 0.05
+    #: For scores without a closed-form crossing time: re-score a silent customer this often.
+    recheck_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class EngagementRule:
+    """email engagement: engaged / dormant / unsubscribed / bounced."""
+
+    #: Engaged while the last open or click is at most this old.
+    window_days: float = 60.0
+    #: A new recipient who has not engaged yet is not called dormant before this.
+    grace_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class CommunityRule:
+    """community: member / contributor / super_user."""
+
+    #: Posts, replies, accepted answers and reviews that make a contributor.
+    contributor_actions: int = 1
+    #: ...and a super-user, who must also have been active within ``super_user_active_days``.
+    super_user_actions: int = 10
+    super_user_active_days: float = 90.0
+
+
+@dataclass(frozen=True)
+class GoalRule:
+    """goal: from the survey's free-text goal, by keywords; ``other`` when none matches."""
+
+    #: segment -> keywords (lower case); the first segment with a keyword in the goal wins.
+    categories: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType(
+            {
+                "learn": ("learn", "teach", "course", "lesson", "skill"),
+                "create": ("build", "record", "produce", "production", "podcast", "make", "create"),
+                "perform": ("play", "gig", "band", "live", "perform", "dj"),
+                "save": ("save", "cheap", "budget", "deal"),
+            }
+        )
+    )
+
+
+@dataclass(frozen=True)
+class AdvocateRule:
+    """advocate: referrer (made referrals) / reviewer (posted reviews)."""
+
+    referrals: int = 1
+    reviews: int = 1
+
+
+@dataclass(frozen=True)
+class TriggerRule:
+    """One campaign trigger's switch, channel, cooldown and parameters."""
+
+    enabled: bool = True
+    #: "email" triggers respect consent: none for unsubscribed or hard-bounced customers.
+    channel: str = "email"
+    #: The same trigger does not fire again for a customer within this many days.
+    cooldown_days: float = 30.0
+    #: Days after the reference moment (onboarding: one per step, after the first order;
+    #: upsell: after a basic purchase; survey request: after the first order).
+    days: tuple[float, ...] = ()
+    #: overdue: fires this many usual intervals after the last order.
+    factor: float = 1.0
+    #: advocate invitation: value tiers that count as high CLV.
+    value_tiers: tuple[str, ...] = ()
+
+
+TRIGGER_NAMES = (
+    "onboarding",
+    "upsell_advanced",
+    "survey_request",
+    "reactivation",
+    "overdue",
+    "win_back",
+    "vip_welcome",
+    "advocate_invitation",
+    "referral_thanks",
+)
+
+
+def default_triggers() -> Mapping[str, TriggerRule]:
+    return MappingProxyType(
+        {
+            "onboarding": TriggerRule(cooldown_days=0.0, days=(0.0, 3.0, 7.0, 14.0)),
+            "upsell_advanced": TriggerRule(cooldown_days=90.0, days=(30.0,)),
+            "survey_request": TriggerRule(cooldown_days=180.0, days=(14.0,)),
+            "reactivation": TriggerRule(cooldown_days=60.0),
+            "overdue": TriggerRule(cooldown_days=30.0, factor=1.5),
+            "win_back": TriggerRule(cooldown_days=180.0),
+            "vip_welcome": TriggerRule(cooldown_days=365.0),
+            "advocate_invitation": TriggerRule(cooldown_days=365.0, value_tiers=("top", "high")),
+            "referral_thanks": TriggerRule(cooldown_days=7.0),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -64,3 +178,11 @@ class ScoringConfig:
     max_orders_kept: int = 100
     #: Recent event ids remembered per customer for de-duplication of non-order events.
     dedup_ids_kept: int = 32
+    #: Segment families on, beyond lifecycle and value tier (see streamer.core.families).
+    families: tuple[str, ...] = ("churn_band", "engagement", "community", "goal", "advocate")
+    churn_band: ChurnBandRule = field(default_factory=ChurnBandRule)
+    engagement: EngagementRule = field(default_factory=EngagementRule)
+    community: CommunityRule = field(default_factory=CommunityRule)
+    goal: GoalRule = field(default_factory=GoalRule)
+    advocate: AdvocateRule = field(default_factory=AdvocateRule)
+    triggers: Mapping[str, TriggerRule] = field(default_factory=default_triggers)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from streamer.core import features as features_mod
-from streamer.core import outputs, segments
+from streamer.core import families, outputs, segments, triggers
 from streamer.core.config import DAY, Limits, ScoringConfig
 from streamer.core.events import decode
 from streamer.core.explain import explain
@@ -33,7 +33,7 @@ from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
-SCORES, SEGMENT_CHANGES, DEAD_LETTER = "customer-scores", "segment-changes", "dead-letter"
+SCORES, SEGMENT_CHANGES, TRIGGERS, DEAD_LETTER = "customer-scores", "segment-changes", "campaign-triggers", "dead-letter"
 #: Keys of the persisted model state (the compacted model-state topic).
 POPULATION_KEY, ONLINE_KEY = "population", "online"
 
@@ -81,6 +81,8 @@ class Result:
     rejected: str | None = None  # dead-letter reason
     duplicate: bool = False
     transitions: list[Transition] = field(default_factory=list)
+    #: Campaign triggers that came due: fired, or suppressed (cooldown, consent).
+    triggers: list[triggers.Outcome] = field(default_factory=list)
     new_customer: bool = False
     timers_fired: int = 0
     timer_errors: int = 0
@@ -91,6 +93,7 @@ class Result:
         """Take over what evaluating one customer produced."""
         self.outgoing.extend(part.outgoing)
         self.transitions.extend(part.transitions)
+        self.triggers.extend(part.triggers)
         self.labels_learned += part.labels_learned
         self.drifts += part.drifts
 
@@ -401,12 +404,19 @@ class Engine:
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
             clock.btyd_rows[state.customer] = (feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
         clock.ranks.update(state.customer, clv)
-        assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, self.config)}
+        config = self.config
+        assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, config)}
         if clv is not None:
-            assigned[segments.VALUE_TIER] = segments.value_tier(clv, clock.ranks, self.config, state.segments.get(segments.VALUE_TIER))
+            assigned[segments.VALUE_TIER] = segments.value_tier(clv, clock.ranks, config, state.segments.get(segments.VALUE_TIER))
+        wake_at = [segments.next_change_at(feats, scores, config)]
+        for family in config.families:
+            decision = families.FAMILIES[family](state, feats, scores, config, state.segments.get(family))
+            assigned[family] = decision.assignment
+            wake_at.append(decision.next_change_at)
+        old_segments = dict(state.segments)
         key = state.customer.encode()
         for family, assignment in assigned.items():
-            old = state.segments.get(family)
+            old = old_segments.get(family)
             if assignment.segment != old:
                 state.segments[family] = assignment.segment
                 result.transitions.append(Transition(family, old, assignment.segment))
@@ -418,11 +428,18 @@ class Engine:
                     )
                 )
         state.value = clv
-        state.next_due = segments.next_change_at(feats, scores, self.config)
-        label_due = online.label_due(state) if online is not None else None
-        if label_due is not None:
-            label_due += segments.TIMER_SLACK_S
-            state.next_due = label_due if state.next_due is None else min(state.next_due, label_due)
+        outcomes, trigger_due = triggers.evaluate(state, feats, old_segments, cause.get("event_type"), config)
+        for outcome in outcomes:
+            result.triggers.append(outcome)
+            if outcome.status == triggers.FIRED:
+                payload = outputs.campaign_triggered(
+                    state.customer, outcome.trigger, outcome.at, outcome.step, outcome.reason, outcome.channel, scores, dict(state.segments)
+                )
+                result.outgoing.append(Outgoing(TRIGGERS, key, payload))
+        wake_at.append(trigger_due)
+        if online is not None and (label_due := online.label_due(state)) is not None:
+            wake_at.append(label_due + segments.TIMER_SLACK_S)
+        state.next_due = families.earliest(*wake_at)
         clock.schedule(state.customer, state.next_due)
         result.outgoing.append(
             Outgoing(

@@ -135,3 +135,23 @@ def event_rejected(
             "rejected_at": rfc3339(wall_now),
         },
     )
+
+
+def campaign_triggered(
+    customer: str,
+    trigger: str,
+    at: float,
+    step: int | None,
+    reason: str,
+    channel: str,
+    scores: dict[str, float],
+    segments: dict[str, str | None],
+) -> bytes:
+    """A campaign to send. The id depends only on the customer, trigger, step and due moment,
+    so a re-evaluation after a crash (or a replay) yields the same id for downstream
+    de-duplication."""
+    data: dict[str, Any] = {"customer": customer, "trigger": trigger}
+    if step is not None:
+        data["step"] = step
+    data.update(at=rfc3339(at), reason=reason, scores=rounded(scores), channel=channel, segments=segments)
+    return _envelope("Campaign Triggered", deterministic_id("trg", customer, trigger, step, at), at, customer, data)

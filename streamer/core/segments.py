@@ -12,7 +12,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from streamer.core.config import DAY, ScoringConfig
+from streamer.core.config import DAY, Bands, ScoringConfig
 from streamer.core.features import Features
 from streamer.core.scoring import days_until_risk
 
@@ -31,7 +31,7 @@ class Assignment:
     reason: str
 
 
-def _date(t: float) -> str:
+def format_date(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d")
 
 
@@ -40,7 +40,7 @@ def lifecycle(f: Features, scores: dict[str, float], config: ScoringConfig) -> A
     if f.orders == 0 or f.last_order_at is None:
         return Assignment(None, "no orders")
     if f.recency_days >= config.lapse_days:
-        return Assignment("lapsed", f"no order for {f.recency_days:.0f} days (last on {_date(f.last_order_at)})")
+        return Assignment("lapsed", f"no order for {f.recency_days:.0f} days (last on {format_date(f.last_order_at)})")
     risk = scores["churn_risk"]
     if risk >= config.at_risk_threshold:
         return Assignment(
@@ -101,6 +101,36 @@ class PartitionRanks:
         return bisect_left(self._values, value) / len(self._values) if self._values else 0.0
 
 
+def banded(value: float, bands: Bands, hysteresis: float, current: str | None) -> str:
+    """The band of ``value`` (bands high to low, as (name, lowest value)), keeping ``current``
+    while the value stays within that band widened by ``hysteresis`` on both sides — so a
+    value hovering at a boundary does not flap between two bands.
+
+    >>> bands = (("high", 0.6), ("medium", 0.3), ("low", 0.0))
+    >>> banded(0.62, bands, 0.05, None), banded(0.62, bands, 0.05, "medium"), banded(0.66, bands, 0.05, "medium")
+    ('high', 'medium', 'high')
+    """
+    ceiling = float("inf")
+    for band, floor in bands:
+        if band == current and floor - hysteresis <= value < ceiling + hysteresis:
+            return band
+        ceiling = floor
+    for band, floor in bands:
+        if value >= floor:
+            return band
+    return bands[-1][0]
+
+
+def band_exit_above(bands: Bands, hysteresis: float, band: str) -> float | None:
+    """The value at which a customer in ``band`` moves up a band (None in the top band)."""
+    ceiling = None
+    for name, floor in bands:
+        if name == band:
+            return None if ceiling is None else ceiling + hysteresis
+        ceiling = floor
+    return None
+
+
 def value_tier(clv: float, ranks: PartitionRanks, config: ScoringConfig, current: str | None = None) -> Assignment:
     """Tier by CLV quantile in the partition, with hysteresis around the current tier.
 
@@ -111,12 +141,5 @@ def value_tier(clv: float, ranks: PartitionRanks, config: ScoringConfig, current
     if len(ranks) < config.value_tier_min_population:
         return Assignment("unranked", f"fewer than {config.value_tier_min_population} scored customers to rank against")
     q = ranks.quantile(clv)
-    ceiling = float("inf")
-    for tier, floor in config.value_tiers:
-        if tier == current and floor - config.value_tier_hysteresis <= q < ceiling + config.value_tier_hysteresis:
-            return Assignment(tier, f"CLV {clv:.2f} ranks above {q:.0%} of customers")
-        ceiling = floor
-    for tier, floor in config.value_tiers:
-        if q >= floor:
-            return Assignment(tier, f"CLV {clv:.2f} ranks above {q:.0%} of customers")
-    raise AssertionError("value_tiers must end with a floor of 0")
+    tier = banded(q, config.value_tiers, config.value_tier_hysteresis, current)
+    return Assignment(tier, f"CLV {clv:.2f} ranks above {q:.0%} of customers")

@@ -71,6 +71,9 @@ class CustomerState:
     #: The prediction in flight for the online learners (a Snapshot list), labelled when its
     #: horizon has passed in event time.
     pending: list[float] | None = None
+    #: Campaign triggers: name -> [last fired at, latest due moment handled]; what makes a
+    #: timer-driven trigger fire once per due moment and cooldowns hold across restarts.
+    triggers: dict[str, list[float]] = field(default_factory=dict)
     v: int = STATE_VERSION
 
     def to_bytes(self) -> bytes:
@@ -110,6 +113,7 @@ class CustomerState:
             next_due=self.next_due,
             scored_at=self.scored_at,
             pending=self.pending,
+            triggers={name: list(marks) for name, marks in self.triggers.items()},
             v=self.v,
         )
 
@@ -194,6 +198,9 @@ def _order_refunded(state: CustomerState, event: Event, config: ScoringConfig) -
 
 def _email(state: CustomerState, event: Event, config: ScoringConfig) -> None:
     email = state.email
+    # When email contact began: a recipient who has not engaged yet gets a grace period
+    # before being called dormant.
+    email["first_at"] = min(email.get("first_at", event.time), event.time)
     counter = EMAIL_COUNTERS.get(event.type)
     if counter:
         email[counter] = email.get(counter, 0) + 1

@@ -12,6 +12,7 @@ inputs = {role: app.topic(settings.topics[role], partitions=settings.partitions,
 outputs = {
     "customer-scores": app.topic(settings.topics["customer-scores"], partitions=settings.output_partitions, compacting=True, **RAW),
     "segment-changes": app.topic(settings.topics["segment-changes"], partitions=settings.output_partitions, **RAW),
+    "campaign-triggers": app.topic(settings.topics["campaign-triggers"], partitions=settings.output_partitions, **RAW),
     "dead-letter": app.topic(settings.topics["dead-letter"], partitions=settings.output_partitions, **RAW),
     "model-state": app.topic(settings.topics["model-state"], partitions=1, compacting=True, **RAW),
 }

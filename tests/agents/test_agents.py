@@ -85,6 +85,8 @@ async def test_order_completed_updates_state_and_publishes(sends, feed):
         ("clv_events_published_total", {"topic": "segment-changes"}),
         ("clv_segment_transitions_total", {"family": "lifecycle", "from_segment": "none", "to_segment": "new"}),
         ("clv_events_invalid_total", {"topic": "orders", "reason": "bad_json"}),
+        ("clv_campaign_triggers_total", {"trigger": "onboarding", "status": "fired"}),
+        ("clv_events_published_total", {"topic": "campaign-triggers"}),
     )
 
     async with agents.score_orders.test_context() as agent:
@@ -113,12 +115,16 @@ async def test_order_completed_updates_state_and_publishes(sends, feed):
     assert {c["data"]["family"]: (c["data"]["from"], c["data"]["to"]) for _, c in changes} == {
         "lifecycle": (None, "new"),
         "value_tier": (None, data["segments"]["value_tier"]),
+        "churn_band": (None, "low"),
     }
     assert data["segments"]["value_tier"] is not None  # VALUE_TIER_MIN_POPULATION=1
     assert all(k == customer.encode() and c["type"] == "Segment Changed" for k, c in changes)
+    [(key, trigger)] = sent(sends["campaign-triggers"])  # onboarding step 1, on the first order
+    assert key == customer.encode() and trigger["type"] == "Campaign Triggered"
+    assert (trigger["data"]["trigger"], trigger["data"]["step"], trigger["data"]["at"]) == ("onboarding", 1, "2025-03-01T12:00:00.000Z")
     sends["dead-letter"].assert_not_called()
 
-    assert counters.delta() == [1, 1, 2, 1, 0]
+    assert counters.delta() == [1, 1, 3, 1, 0, 1, 1]
 
 
 async def test_orders_accumulate_and_currency_is_converted(sends, feed):
@@ -130,7 +136,8 @@ async def test_orders_accumulate_and_currency_is_converted(sends, feed):
     state = state_of(customer)
     assert set(state.orders) == {"ORD-B-1", "ORD-B-2"}
     assert sum(o[1] for o in state.orders.values()) == pytest.approx(100.0 + 50.0 * 1.1)  # FX_RATES=EUR=1.1
-    scores = [v for _, v in sent(sends["customer-scores"])]
+    # Timers in between (onboarding steps at +3 and +7 days...) score too; these are the events'.
+    scores = [v for _, v in sent(sends["customer-scores"]) if "event_id" in v["data"]["cause"]]
     assert [s["data"]["inputs"]["orders"] for s in scores] == [1, 2]
     assert scores[-1]["data"]["inputs"]["revenue"] == pytest.approx(155.0)
     assert scores[-1]["data"]["cause"]["event_id"] == "ORD-B-2-completed"

@@ -367,7 +367,7 @@ def test_email_and_community_counters():
     ]
     state = fold(events)
     assert state.email == {
-        "delivered": 1, "opened": 1, "clicked": 1, "last_engaged_at": T0 + 50,
+        "first_at": T0, "delivered": 1, "opened": 1, "clicked": 1, "last_engaged_at": T0 + 50,
         "soft_bounces": 1, "hard_bounced": True, "unsubscribed": True,
     }
     assert state.community == {
