@@ -78,6 +78,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from streamer.replay import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from streamer import rules
+    from streamer.errors import ConfigError
+
+    try:
+        config = rules.load(args.file)
+    except ConfigError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return 2
+    print(f"✓ {args.file} is valid")
+    print("\n".join(f"  {line}" for line in rules.describe(config)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamer", description="Real-time customer lifetime value and segments from Kafka events.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +135,42 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--holdout-days", type=float, default=180.0, help="holdout period (default 180)")
     sim.add_argument("--learn-horizon-days", type=float, default=75.0, help="online learners' label horizon (default 75)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "replay",
+        help="load historical orders (CSV, JSON lines, CDNOW) into the orders topic in event-time order",
+        description="Each row becomes an Order Completed event keyed by its customer, sent to TOPIC_ORDERS at KAFKA_BOOTSTRAP. "
+        "The file is read and sorted by event time in memory (it must fit). Event ids hash the row's content, so a second "
+        "replay of the same file is de-duplicated by the worker; without an order-id column the order id is derived the same "
+        "way. Rows that cannot be mapped are counted by reason and not sent.",
+    )
+    p.add_argument("file", help="orders file: .csv, .tsv, .jsonl/.ndjson/.json (optionally .gz), or CDNOW with --format cdnow")
+    p.add_argument(
+        "--format", choices=("csv", "tsv", "jsonl", "cdnow"), help="default: from the extension; cdnow sets the CDNOW column mapping"
+    )
+    p.add_argument("--delimiter", help="CSV delimiter (default , or tab for tsv)")
+    p.add_argument("--customer-col", help="customer id column (default customer_id)")
+    p.add_argument("--time-col", help="event time column (default time)")
+    p.add_argument("--time-format", help="iso (default: ISO 8601, naive = UTC), epoch, epoch_ms, or a strptime pattern such as %%Y%%m%%d")
+    p.add_argument("--total-col", help="amount paid column (default total)")
+    p.add_argument("--order-id-col", help="order id column (default order_id if present, else derived from the row)")
+    p.add_argument("--currency", help="ISO 4217 currency of the amounts (default USD)")
+    p.add_argument("--currency-col", help="per-row currency column (empty cells: --currency)")
+    p.add_argument("--margin-col", help="gross margin column")
+    p.add_argument("--cost-col", help="cost of goods column")
+    p.add_argument("--margin-rate", type=float, help="without margin/cost columns: margin = total x rate (default 1.0)")
+    p.add_argument("--product-id", help="product id of the single order line (default unknown; cd for CDNOW)")
+    p.add_argument("--source", help="CloudEvents source (default /replay; /cdnow for CDNOW)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default KAFKA_BOOTSTRAP)")
+    p.add_argument("--dry-run", action="store_true", help="read, map and validate only; print the summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("config", help="the rules file (thresholds, segment families, campaign triggers)")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a rules file and print what it sets; exit 2 if invalid")
+    check.add_argument("file", help="rules file (TOML), e.g. streamer/rules.default.toml")
+    check.set_defaults(func=_cmd_config_check)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -86,6 +86,10 @@ class Metrics:
             self.consumed.labels(topic, result.event_type or "unknown").inc()
             if result.duplicate:
                 self.duplicates.labels(topic).inc()
+        self.record_evaluations(result, partition, event_time)
+
+    def record_evaluations(self, result: Result, partition: int, event_time: float | None) -> None:
+        """What evaluating customers produced, with or without an input record (a wall-clock tick)."""
         for t in result.transitions:
             self.transitions.labels(t.family, t.old or "none", t.new or "none").inc()
         for outcome in result.triggers:

@@ -7,9 +7,10 @@ deploy/ checks, so a variable cannot be used somewhere without being documented 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from streamer import rules
 from streamer.core.config import Limits, ScoringConfig
 from streamer.errors import ConfigError
 
@@ -22,7 +23,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "TOPIC_COMMUNITY": ("community-events", "Input topic for community events."),
     "TOPIC_SCORES": ("customer-scores", "Output: score updates, compacted, keyed by customer id."),
     "TOPIC_SEGMENTS": ("segment-changes", "Output: segment changes, keyed by customer id."),
-    "TOPIC_TRIGGERS": ("campaign-triggers", "Output: campaign triggers (contract only so far)."),
+    "TOPIC_TRIGGERS": ("campaign-triggers", "Output: campaign triggers (onboarding, upsell, win-back...), keyed by customer id."),
     "TOPIC_DEAD_LETTER": ("dead-letter", "Output: rejected inputs with reason, provenance and raw bytes."),
     "TOPIC_MODELS": ("model-state", "Compacted: the fitted population parameters (and learned models), versioned; read at start."),
     "PARTITIONS": ("8", "Partitions of the input topics and the state table (must match: co-partitioned)."),
@@ -33,22 +34,25 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "WEB_HOST": ("127.0.0.1", "Address of the worker's web server (/metrics, health)."),
     "WEB_PORT": ("6066", "Port of the worker's web server."),
     "LOG_LEVEL": ("info", "Worker log level (debug, info, warning, error)."),
+    "STREAMER_CONFIG": ("", "Rules file (TOML): thresholds, horizons, segment families, campaign triggers. Empty: the defaults of `streamer/rules.default.toml`. The variables below marked *override* win over it."),
+    "CLOCK": ("event", "`event`: timers follow each partition's newest event time (replays give the same triggers as living through them). `wall`: they also follow the wall clock, so quiet partitions fire on time."),
+    "CLOCK_TICK_SECONDS": ("1", "With CLOCK=wall: how often the due-queues are checked against the wall clock."),
     "MAX_EVENT_BYTES": ("65536", "Inputs larger than this go to dead-letter as `oversized`."),
     "MAX_FUTURE_SKEW_SECONDS": ("86400", "Event times later than now + this go to dead-letter as `absurd_value`."),
     "REPORTING_CURRENCY": ("USD", "Currency every amount is converted to."),
     "FX_RATES": ("", "Extra accepted currencies, `EUR=1.08,GBP=1.27` (reporting-currency units per unit)."),
-    "DISCOUNT_RATE": ("0.10", "Annual discount rate of the formula CLV."),
-    "LIFETIME_YEARS": ("3", "Expected relationship duration (years) of the formula CLV."),
-    "PRIOR_INTERVAL_DAYS": ("90", "Prior days between purchases for customers with few orders."),
-    "AT_RISK_THRESHOLD": ("0.6", "Churn risk at which a customer becomes `at_risk`."),
-    "LAPSE_DAYS": ("365", "Days without an order after which a customer is `lapsed`."),
-    "LOYAL_ORDERS": ("3", "Purchase days within LOYAL_WINDOW_DAYS that make a customer `loyal`."),
-    "LOYAL_WINDOW_DAYS": ("180", "Window of the loyal rule."),
-    "VALUE_TIER_MIN_POPULATION": ("50", "Scored customers a partition needs before value tiers are assigned."),
-    "VALUE_TIER_HYSTERESIS": ("0.05", "Quantile margin a customer must cross beyond its tier's band before the tier changes."),
+    "DISCOUNT_RATE": ("0.10", "*Override.* Annual discount rate of the formula CLV."),
+    "LIFETIME_YEARS": ("3", "*Override.* Expected relationship duration (years) of the formula CLV."),
+    "PRIOR_INTERVAL_DAYS": ("90", "*Override.* Prior days between purchases for customers with few orders."),
+    "AT_RISK_THRESHOLD": ("0.6", "*Override.* Churn risk at which a customer becomes `at_risk`."),
+    "LAPSE_DAYS": ("365", "*Override.* Days without an order after which a customer is `lapsed`."),
+    "LOYAL_ORDERS": ("3", "*Override.* Purchase days within LOYAL_WINDOW_DAYS that make a customer `loyal`."),
+    "LOYAL_WINDOW_DAYS": ("180", "*Override.* Window of the loyal rule."),
+    "VALUE_TIER_MIN_POPULATION": ("50", "*Override.* Scored customers a partition needs before value tiers are assigned."),
+    "VALUE_TIER_HYSTERESIS": ("0.05", "*Override.* Quantile margin a customer must cross beyond its tier's band before the tier changes."),
     "MODEL_REFIT_SECONDS": ("300", "Interval of the background refit of the BG/NBD and Gamma-Gamma population models."),
-    "BTYD_HORIZON_DAYS": ("365", "Horizon of the buy-till-you-die predictions (expected purchases, P(no purchase), CLV)."),
-    "LEARN_HORIZON_DAYS": ("90", "Horizon of the online learners' delayed labels: a prediction is labelled this long after, in event time."),
+    "BTYD_HORIZON_DAYS": ("365", "*Override.* Horizon of the buy-till-you-die predictions (expected purchases, P(no purchase), CLV)."),
+    "LEARN_HORIZON_DAYS": ("90", "*Override.* Horizon of the online learners' delayed labels: a prediction is labelled this long after, in event time."),
     "CONSUMER_SESSION_TIMEOUT": ("10", "Kafka consumer session timeout (s); low so a dead worker's partitions move fast."),
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
@@ -101,12 +105,43 @@ class Settings:
     rebalance_timeout: float
     linger_ms: int
     model_refit_seconds: float
+    clock: str = "event"
+    clock_tick_seconds: float = 1.0
     limits: Limits = field(default_factory=Limits)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     @property
     def input_roles(self) -> tuple[str, ...]:
         return ("orders", "email-events", "community-events")
+
+
+#: Variables that override a key of the rules file: name -> (ScoringConfig field, cast, minimum).
+OVERRIDES: dict[str, tuple[str, Callable[[str], float], float]] = {
+    "DISCOUNT_RATE": ("annual_discount_rate", float, 0),
+    "LIFETIME_YEARS": ("expected_lifetime_years", float, 0),
+    "PRIOR_INTERVAL_DAYS": ("prior_interval_days", float, 1),
+    "AT_RISK_THRESHOLD": ("at_risk_threshold", float, 0),
+    "LAPSE_DAYS": ("lapse_days", float, 1),
+    "LOYAL_ORDERS": ("loyal_orders", int, 1),
+    "LOYAL_WINDOW_DAYS": ("loyal_window_days", float, 1),
+    "VALUE_TIER_MIN_POPULATION": ("value_tier_min_population", int, 1),
+    "VALUE_TIER_HYSTERESIS": ("value_tier_hysteresis", float, 0),
+    "BTYD_HORIZON_DAYS": ("btyd_horizon_days", float, 1),
+    "LEARN_HORIZON_DAYS": ("learn_horizon_days", float, 1),
+}
+
+
+def _scoring() -> ScoringConfig:
+    """The rules file (or the defaults), then the override variables that are set."""
+    path = _env("STREAMER_CONFIG")
+    config = rules.load(path) if path else ScoringConfig()
+    changes = {}
+    for name, (field_name, cast, minimum) in OVERRIDES.items():
+        if os.environ.get(name, "").strip():
+            changes[field_name] = cast(_number(name, cast, minimum))
+    if "at_risk_threshold" in changes and not 0 < changes["at_risk_threshold"] < 1:
+        raise ConfigError("AT_RISK_THRESHOLD must be between 0 and 1")
+    return replace(config, **changes)
 
 
 def load() -> Settings:
@@ -127,9 +162,9 @@ def load() -> Settings:
     }
     if len(set(topics.values())) != len(topics):
         raise ConfigError(f"topic names must be distinct: {topics}")
-    threshold = _number("AT_RISK_THRESHOLD", float)
-    if not 0 < threshold < 1:
-        raise ConfigError("AT_RISK_THRESHOLD must be between 0 and 1")
+    clock = _env("CLOCK").lower()
+    if clock not in ("event", "wall"):
+        raise ConfigError(f"CLOCK={clock!r}: use 'event' or 'wall'")
     return Settings(
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP"),
         app_id=_env("STREAMER_APP_ID"),
@@ -153,17 +188,7 @@ def load() -> Settings:
             reporting_currency=reporting,
             fx_rates=_fx_rates(reporting),
         ),
-        scoring=ScoringConfig(
-            annual_discount_rate=_number("DISCOUNT_RATE", float, 0),
-            expected_lifetime_years=_number("LIFETIME_YEARS", float, 0),
-            prior_interval_days=_number("PRIOR_INTERVAL_DAYS", float, 1),
-            at_risk_threshold=threshold,
-            lapse_days=_number("LAPSE_DAYS", float, 1),
-            loyal_orders=int(_number("LOYAL_ORDERS", int, 1)),
-            loyal_window_days=_number("LOYAL_WINDOW_DAYS", float, 1),
-            value_tier_min_population=int(_number("VALUE_TIER_MIN_POPULATION", int, 1)),
-            value_tier_hysteresis=_number("VALUE_TIER_HYSTERESIS", float, 0),
-            btyd_horizon_days=_number("BTYD_HORIZON_DAYS", float, 1),
-            learn_horizon_days=_number("LEARN_HORIZON_DAYS", float, 1),
-        ),
+        scoring=_scoring(),
+        clock=clock,
+        clock_tick_seconds=_number("CLOCK_TICK_SECONDS", float, 0.05),
     )

@@ -166,11 +166,15 @@ class Engine:
         limits: Limits | None = None,
         scorers: list[Scorer] | None = None,
         wall_clock: Callable[[], float] = _time.time,
+        clock: str = "event",
     ) -> None:
         self.config = config or ScoringConfig()
         self.limits = limits or Limits()
         self.scorers: list[Scorer] = scorers if scorers is not None else default_scorers(self.config)
         self.wall_clock = wall_clock
+        #: "event": a partition's clock is its newest event time (replays = live); "wall":
+        #: also the wall clock, so timers fire on time in quiet partitions (see advance_clock).
+        self.clock_mode = clock
         self.partitions: dict[int, PartitionClock] = {}
 
     @property
@@ -282,14 +286,16 @@ class Engine:
     def process(self, record: Record, store: StateStore) -> Result:
         """Decode, fire due timers, apply, score, segment; never raises for bad input."""
         result = Result()
+        wall_now = self.wall_clock()
         try:
-            event = decode(record.value, record.topic_role, record.key, self.limits, self.wall_clock())
+            event = decode(record.value, record.topic_role, record.key, self.limits, wall_now)
         except InvalidEvent as exc:
             return self._reject(record, exc.reason, exc.detail, result)
         result.event_type = event.type
         clock = self.clock(record.partition)
-        if event.time > clock.now:
-            clock.now = event.time
+        moment = max(event.time, wall_now) if self.clock_mode == "wall" else event.time
+        if moment > clock.now:
+            clock.now = moment
             self.fire_due(record.partition, store, result)
         # Contained here, not only in the shell, so the timer outputs above (whose states are
         # already written) are still published when this one event fails.

@@ -21,11 +21,11 @@ from streamer.models.scorer import fit_population
 from streamer.shell.app import app, settings
 from streamer.shell.channels import inputs, outputs
 from streamer.shell.model_state import read_latest
-from streamer.shell.tables import customers, store
+from streamer.shell.tables import customers, partition_context, store
 
 log = logging.getLogger(__name__)
 
-engine = Engine(settings.scoring, settings.limits)
+engine = Engine(settings.scoring, settings.limits, clock=settings.clock)
 metrics = Metrics()
 
 
@@ -69,7 +69,7 @@ async def handle(role: str, event: Any) -> Result:
     return result
 
 
-def publish(result: Result, started: float) -> None:
+def publish(result: Result, started: float | None) -> None:
     """Queue every outgoing record; the event's own score update also measures latency.
 
     ``send_soon`` queues without yielding to the event loop, so no other agent can process
@@ -78,7 +78,9 @@ def publish(result: Result, started: float) -> None:
     table). The queue is the producer buffer Faust drains in order and flushes before every
     offset commit; Faust pauses consumption while it is full.
     """
-    last_score = max((i for i, out in enumerate(result.outgoing) if out.topic_role == SCORES), default=None)
+    last_score = None
+    if started is not None:  # a record's processing latency (not a wall-clock tick's)
+        last_score = max((i for i, out in enumerate(result.outgoing) if out.topic_role == SCORES), default=None)
     for i, out in enumerate(result.outgoing):
         callback = None
         if i == last_score:
@@ -131,6 +133,31 @@ def persist_models() -> None:
     """Write the current models to the compacted model-state topic (latest per key)."""
     for key, value in engine.export_models().items():
         outputs["model-state"].send_soon(key=key.encode(), value=value)
+
+
+async def advance_wall_clock() -> int:
+    """CLOCK=wall: move every partition's clock to now and fire the timers it passes, so a
+    quiet partition's customers still lapse, and get their triggers, on time. Returns the
+    timers fired."""
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return 0  # partitions are moving: only an owner that has recovered may write
+    now = time.time()
+    fired = 0
+    for partition in list(engine.partitions):
+        try:
+            with partition_context(partition):
+                result = engine.advance_clock(partition, now, store)
+            publish(result, None)
+            metrics.record_evaluations(result, partition, now)
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again; agents go on
+            log.error("wall-clock tick failed on partition %d: %s", partition, type(exc).__name__)
+            continue
+        fired += result.timers_fired
+    return fired
+
+
+if settings.clock == "wall":
+    app.timer(interval=settings.clock_tick_seconds, name="streamer.wall-clock")(advance_wall_clock)
 
 
 @app.timer(interval=5.0)

@@ -1,0 +1,122 @@
+"""The rules file: defaults documented = defaults in code, every problem reported with its key
+path, environment overrides win, and `streamer config check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamer import rules, settings
+from streamer.cli import main
+from streamer.core.config import ScoringConfig
+from streamer.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_default_file_is_exactly_the_code_defaults():
+    assert rules.load(rules.DEFAULT_FILE) == ScoringConfig()
+    assert rules.parse({}) == ScoringConfig()
+
+
+def test_the_readme_shows_the_default_file_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    assert rules.DEFAULT_FILE.read_text().strip() in readme
+
+
+def test_a_file_changes_only_what_it_names():
+    config = rules.parse(
+        {
+            "segments": {"lifecycle": {"lapse_days": 200}, "churn_band": {"scores": ["churn_risk_learned", "churn_risk"]}},
+            "triggers": {"win_back": {"enabled": False}, "onboarding": {"steps_days": [0, 2]}},
+        }
+    )
+    assert config.lapse_days == 200 and config.at_risk_threshold == 0.6
+    assert config.churn_band.scores == ("churn_risk_learned", "churn_risk") and config.churn_band.hysteresis == 0.05
+    assert not config.triggers["win_back"].enabled and config.triggers["vip_welcome"].enabled
+    assert config.triggers["onboarding"].days == (0.0, 2.0) and config.triggers["onboarding"].channel == "email"
+
+
+def test_every_problem_is_reported_with_its_path():
+    doc = {
+        "scores": {"annual_discount_rate": "ten percent"},
+        "segments": {
+            "families": ["churn_band", "loyalty"],
+            "churn_band": {"hysterisis": 0.1, "bands": {"high": 0.3, "low": 0.6}},
+            "value_tier": {"tiers": {"top": 0.5, "rest": 0.1}},
+        },
+        "triggers": {"onboarding": {"steps_days": [0, 7, 3], "channel": "sms"}, "vip": {}, "overdue": {"factor": -1}},
+        "extra": 1,
+    }
+    with pytest.raises(ConfigError) as caught:
+        rules.parse(doc)
+    message = str(caught.value)
+    for expected in (
+        "extra: unknown key",
+        "scores.annual_discount_rate: expected a number, got 'ten percent'",
+        "segments.families: unknown 'loyalty'",
+        "segments.churn_band.hysterisis: unknown key (did you mean 'hysteresis'?)",
+        "segments.churn_band.bands: lowest values must strictly decrease",
+        "segments.value_tier.tiers: the last band ('rest') must start at 0",
+        "triggers.vip: unknown key",
+        "triggers.onboarding.channel: expected one of email, onsite, any, got 'sms'",
+        "triggers.onboarding.steps_days: steps must be in increasing order",
+        "triggers.overdue.factor: must be greater than 0, got -1",
+    ):
+        assert expected in message, (expected, message)
+
+
+def test_advocate_tiers_must_exist_and_booleans_are_not_numbers():
+    with pytest.raises(ConfigError, match="value_tiers: unknown 'platinum'"):
+        rules.parse({"triggers": {"advocate_invitation": {"value_tiers": ["platinum"]}}})
+    with pytest.raises(ConfigError, match="loyal_orders: expected an integer, got True"):
+        rules.parse({"segments": {"lifecycle": {"loyal_orders": True}}})
+
+
+def test_bad_toml_and_missing_file_say_so(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("x = [\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        rules.load(bad)
+    with pytest.raises(ConfigError, match="No such file"):
+        rules.load(tmp_path / "missing.toml")
+
+
+def test_the_worker_reads_the_file_and_environment_overrides_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "rules.toml"
+    path.write_text("[segments.lifecycle]\nlapse_days = 200\nat_risk_threshold = 0.7\n[triggers.win_back]\nenabled = false\n")
+    monkeypatch.setenv("STREAMER_CONFIG", str(path))
+    monkeypatch.setenv("AT_RISK_THRESHOLD", "0.8")
+    loaded = settings.load().scoring
+    assert (loaded.lapse_days, loaded.at_risk_threshold, loaded.triggers["win_back"].enabled) == (200, 0.8, False)
+    monkeypatch.setenv("STREAMER_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="missing.toml"):
+        settings.load()
+
+
+def test_clock_setting(monkeypatch: pytest.MonkeyPatch):
+    assert settings.load().clock == "event"
+    monkeypatch.setenv("CLOCK", "wall")
+    assert settings.load().clock == "wall"
+    monkeypatch.setenv("CLOCK", "sundial")
+    with pytest.raises(ConfigError, match="CLOCK='sundial'"):
+        settings.load()
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["config", "check", str(rules.DEFAULT_FILE)]) == 0
+    out = capsys.readouterr().out
+    assert "is valid" in out and "trigger upsell_advanced: on, email, cooldown 90 days, days 30" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[triggers.onboarding]\nchannel = "sms"\n')
+    assert main(["config", "check", str(bad)]) == 2
+    assert "triggers.onboarding.channel" in capsys.readouterr().err
+
+
+def test_config_check_runs_as_a_command():
+    done = subprocess.run([sys.executable, "-m", "streamer", "config", "check", str(rules.DEFAULT_FILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "families on: churn_band, engagement, community, goal, advocate" in done.stdout
