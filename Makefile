@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-integration clean
+.PHONY: install system-tools demo test test-unit test-integration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/streamer demo
 
-test: $(STAMP)
+# Debian's prometheus/promtool and chromium, for the monitoring and dashboard tests.
+system-tools:
+	bash tests/install-system-tools
+
+test: $(STAMP) system-tools
 	$(BIN)/pytest
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/agents streamer
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-tools
 	$(BIN)/pytest tests/integration
 
 clean:

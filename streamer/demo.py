@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamer import settings as settings_module
 from streamer.broker import EmbeddedBroker, free_port, stop_process
+from streamer.core.views import quantile_from_buckets
 from streamer.simulator import ShopSimulator
 from streamer.topics import ensure_topics
 
@@ -53,6 +54,13 @@ class ViewState:
     started: float = field(default_factory=time.monotonic)
     first_change_after_s: float | None = None
     model_version: str = "-"
+    triggers: Counter[str] = field(default_factory=Counter)
+    latest_triggers: deque[str] = field(default_factory=lambda: deque(maxlen=6))
+
+    def on_trigger(self, data: dict) -> None:
+        self.triggers[data["trigger"]] += 1
+        step = f" #{data['step']}" if data.get("step") else ""
+        self.latest_triggers.appendleft(f"{data['at'][:10]}  {data['customer']:<12} {data['trigger'] + step:<22} {data['reason'][:70]}")
 
     def on_segment_change(self, data: dict) -> None:
         family, old, new = data["family"], data["from"], data["to"]
@@ -84,7 +92,7 @@ def render(state: ViewState, metrics_url: str, log_path: Path) -> str:
         f"latency p50 {state.latency_p50_ms or 0:.1f} ms · p99 {state.latency_p99_ms or 0:.1f} ms · "
         f"score updates {state.scores:,} · segment changes {state.segment_changes:,} · dead-letter {sum(state.dead_letter.values()):,}",
         f"models {state.model_version}",
-        f"metrics {metrics_url} · worker log {log_path}",
+        f"dashboard {metrics_url.replace('/metrics', '/dashboard')} · metrics {metrics_url} · worker log {log_path}",
         "",
         "\x1b[1msegment populations\x1b[0m",
     ]
@@ -94,6 +102,8 @@ def render(state: ViewState, metrics_url: str, log_path: Path) -> str:
         lines.append(f"  {family:<11} {parts}")
     lines += ["", "\x1b[1mlatest segment changes\x1b[0m"]
     lines += [f"  {line}" for line in state.latest_changes]
+    lines += ["", "\x1b[1mcampaign triggers\x1b[0m  " + "  ".join(f"{t} {n:,}" for t, n in state.triggers.most_common())]
+    lines += [f"  {line}" for line in state.latest_triggers]
     lines += ["", "\x1b[1mtop customers by predicted CLV (BG/NBD + Gamma-Gamma, next year, margin, discounted)\x1b[0m"]
     for customer, clv in heapq.nlargest(5, state.clv.items(), key=lambda kv: kv[1]):
         lines.append(f"  {customer:<12} {clv:>10,.2f}")
@@ -137,7 +147,7 @@ async def produce(bootstrap: str, topics: dict[str, str], sim: ShopSimulator, st
 
 async def consume_outputs(bootstrap: str, topics: dict[str, str], state: ViewState) -> None:
     consumer = AIOKafkaConsumer(
-        topics["segment-changes"], topics["customer-scores"], topics["dead-letter"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        topics["segment-changes"], topics["customer-scores"], topics["dead-letter"], topics["campaign-triggers"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
@@ -151,20 +161,12 @@ async def consume_outputs(bootstrap: str, topics: dict[str, str], state: ViewSta
                 scores = data["scores"]
                 state.clv[data["customer"]] = scores.get("predicted_clv", scores["formula_clv"])
                 state.model_version = data["model_version"]
+            elif message.topic == topics["campaign-triggers"]:
+                state.on_trigger(data)
             else:
                 state.dead_letter[data["reason"]] += 1
     finally:
         await consumer.stop()
-
-
-def _histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    target = q * buckets[-1][1]
-    for upper, count in buckets:
-        if count >= target:
-            return upper
-    return None
 
 
 async def scrape_metrics(url: str, state: ViewState) -> None:
@@ -183,7 +185,7 @@ async def scrape_metrics(url: str, state: ViewState) -> None:
                     buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
             state.worker_consumed = consumed
             state.rate_history.append((time.monotonic(), consumed))
-            p50, p99 = _histogram_quantile(buckets, 0.5), _histogram_quantile(buckets, 0.99)
+            p50, p99 = quantile_from_buckets(buckets, 0.5), quantile_from_buckets(buckets, 0.99)
             state.latency_p50_ms = p50 * 1000 if p50 not in (None, float("inf")) else None
             state.latency_p99_ms = p99 * 1000 if p99 not in (None, float("inf")) else None
         await asyncio.sleep(1.0)

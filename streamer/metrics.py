@@ -6,6 +6,8 @@ customer id, so cardinality stays fixed however many customers there are.
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from streamer.core.engine import Result
@@ -19,6 +21,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
+        self._rate_samples: deque[tuple[float, float]] = deque(maxlen=7)
         self.consumed = Counter(
             "clv_events_consumed_total", "Input records consumed, by topic and event type.", ["topic", "type"], registry=registry
         )
@@ -106,6 +109,30 @@ class Metrics:
             self.timer_errors.inc(result.timer_errors)
         if event_time is not None:
             self.event_time.labels(str(partition)).set(event_time)
+
+    def consumed_total(self) -> float:
+        return sum(s.value for m in self.consumed.collect() for s in m.samples if s.name.endswith("_total"))
+
+    def sample_rate(self, now: float) -> None:
+        """Remember the consumed count now (called every few seconds), for events_per_s."""
+        self._rate_samples.append((now, self.consumed_total()))
+
+    def events_per_s(self) -> float:
+        """Records consumed per second over the last ~30 s of samples."""
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self._rate_samples[0], self._rate_samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def snapshot(self) -> dict[str, object]:
+        """Consumed records, their rate and the latency histogram's cumulative buckets, as
+        plain JSON (for the dashboard, which adds several workers' snapshots up)."""
+        consumed = self.consumed_total()
+        buckets = [
+            # Bounds stay strings ("+Inf"): JSON has no infinity.
+            [s.labels["le"], s.value] for m in self.latency.collect() for s in m.samples if s.name.endswith("_bucket")
+        ]
+        return {"consumed": consumed, "events_per_s": self.events_per_s(), "latency_buckets": buckets}
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for the /metrics page."""

@@ -7,6 +7,7 @@ deploy/ checks, so a variable cannot be used somewhere without being documented 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -33,6 +34,8 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "DATA_DIR": ("./data", "Where the worker keeps local table data (RocksDB files)."),
     "WEB_HOST": ("127.0.0.1", "Address of the worker's web server (/metrics, health)."),
     "WEB_PORT": ("6066", "Port of the worker's web server."),
+    "WEB_ADVERTISED_URL": ("", "How other workers reach this one's web server, for the query API's routing (e.g. `http://clv-streamer-0.clv-streamer:6066`). Empty: `http://WEB_HOST:WEB_PORT`, with the host name when WEB_HOST is 0.0.0.0."),
+    "API_TOKEN": ("", "If set, the query API and dashboard require it (`Authorization: Bearer <token>`, or `?token=` for a browser); /metrics, /healthz and /readyz stay open."),
     "LOG_LEVEL": ("info", "Worker log level (debug, info, warning, error)."),
     "STREAMER_CONFIG": ("", "Rules file (TOML): thresholds, horizons, segment families, campaign triggers. Empty: the defaults of `streamer/rules.default.toml`. The variables below marked *override* win over it."),
     "CLOCK": ("event", "`event`: timers follow each partition's newest event time (replays give the same triggers as living through them). `wall`: they also follow the wall clock, so quiet partitions fire on time."),
@@ -99,6 +102,8 @@ class Settings:
     data_dir: str
     web_host: str
     web_port: int
+    advertised_url: str
+    api_token: str
     log_level: str
     session_timeout: float
     heartbeat_interval: float
@@ -144,6 +149,12 @@ def _scoring() -> ScoringConfig:
     return replace(config, **changes)
 
 
+def _default_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()  # bound to every interface: the name others can resolve
+    return f"http://{host}:{port}"
+
+
 def load() -> Settings:
     """Read and validate every setting; raises :class:`ConfigError` with a clear message."""
     store = _env("STORE").lower()
@@ -162,6 +173,7 @@ def load() -> Settings:
     }
     if len(set(topics.values())) != len(topics):
         raise ConfigError(f"topic names must be distinct: {topics}")
+    web_port = int(_number("WEB_PORT", int, 0))
     clock = _env("CLOCK").lower()
     if clock not in ("event", "wall"):
         raise ConfigError(f"CLOCK={clock!r}: use 'event' or 'wall'")
@@ -175,7 +187,9 @@ def load() -> Settings:
         store=store,
         data_dir=_env("DATA_DIR"),
         web_host=_env("WEB_HOST"),
-        web_port=int(_number("WEB_PORT", int, 0)),
+        web_port=web_port,
+        advertised_url=_env("WEB_ADVERTISED_URL") or _default_url(_env("WEB_HOST"), web_port),
+        api_token=_env("API_TOKEN"),
         log_level=_env("LOG_LEVEL").lower(),
         session_timeout=_number("CONSUMER_SESSION_TIMEOUT", float, 1),
         heartbeat_interval=_number("CONSUMER_HEARTBEAT_INTERVAL", float, 0.1),

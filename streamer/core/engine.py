@@ -13,6 +13,7 @@ with the same timestamps and ids, as living through it.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 
 import numpy as np
 import orjson
@@ -117,6 +118,14 @@ class DictStore:
         self.data[customer] = state
 
 
+RISK_BUCKETS = 10
+
+
+def risk_bucket(risk: float) -> int:
+    """Index of a churn risk in ten equal buckets over [0, 1]."""
+    return min(max(int(risk * RISK_BUCKETS), 0), RISK_BUCKETS - 1)
+
+
 @dataclass
 class PartitionClock:
     """Event-time clock, due-queue and value ranking of one partition."""
@@ -131,6 +140,24 @@ class PartitionClock:
     #: customer -> (repeat purchase days, first order time, last order time, mean repeat
     #: value): what a population refit needs, without reading the table.
     btyd_rows: dict[str, tuple[int, float, float, float]] = field(default_factory=dict)
+    #: Customers per (family, segment), and per churn-risk bucket: what /segments and the
+    #: dashboard show, kept up to date on every change instead of scanning the table.
+    populations: Counter[tuple[str, str]] = field(default_factory=Counter)
+    risk_histogram: list[int] = field(default_factory=lambda: [0] * RISK_BUCKETS)
+
+    def count_segment(self, family: str, old: str | None, new: str | None) -> None:
+        if old is not None:
+            self.populations[(family, old)] -= 1
+            if self.populations[(family, old)] <= 0:
+                del self.populations[(family, old)]
+        if new is not None:
+            self.populations[(family, new)] += 1
+
+    def count_risk(self, old: float | None, new: float | None) -> None:
+        if old is not None:
+            self.risk_histogram[risk_bucket(old)] -= 1
+        if new is not None:
+            self.risk_histogram[risk_bucket(new)] += 1
 
     def schedule(self, customer: str, due: float | None) -> None:
         """Set (or clear) a customer's due time; O(log n), no scan of other customers."""
@@ -263,6 +290,9 @@ class Engine:
             clock.now = max(clock.now, state.last_event_at)
             if state.value is not None:
                 clock.ranks.update(state.customer, state.value)
+            for family, segment in state.segments.items():
+                clock.count_segment(family, None, segment)
+            clock.count_risk(None, state.risk)
             if state.next_due is not None:
                 clock.due_of[state.customer] = state.next_due
         clock.due = [(d, c) for c, d in clock.due_of.items()]
@@ -425,6 +455,7 @@ class Engine:
             old = old_segments.get(family)
             if assignment.segment != old:
                 state.segments[family] = assignment.segment
+                clock.count_segment(family, old, assignment.segment)
                 result.transitions.append(Transition(family, old, assignment.segment))
                 result.outgoing.append(
                     Outgoing(
@@ -434,6 +465,9 @@ class Engine:
                     )
                 )
         state.value = clv
+        risk = next((scores[name] for name in config.churn_band.scores if name in scores), None) if feats.orders else None
+        clock.count_risk(state.risk, risk)
+        state.risk = risk
         outcomes, trigger_due = triggers.evaluate(state, feats, old_segments, cause.get("event_type"), config)
         for outcome in outcomes:
             result.triggers.append(outcome)

@@ -96,6 +96,10 @@ class PartitionRanks:
             self._by_customer[customer] = value
             insort(self._values, value)
 
+    def values(self) -> list[float]:
+        """The ranked values, ascending (read-only view: do not modify)."""
+        return self._values
+
     def quantile(self, value: float) -> float:
         """Share of ranked customers with a strictly lower value."""
         return bisect_left(self._values, value) / len(self._values) if self._values else 0.0

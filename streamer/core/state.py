@@ -64,6 +64,8 @@ class CustomerState:
     segments: dict[str, str | None] = field(default_factory=dict)
     #: Last published formula CLV (what the partition's value-tier ranking holds).
     value: float | None = None
+    #: Last published churn risk (the churn band's score): the partition's risk histogram.
+    risk: float | None = None
     #: Next event time at which a segment may change with no new event (lapse, at risk...).
     next_due: float | None = None
     #: Event time of the last score update (what a timer's explanation compares with).
@@ -110,6 +112,7 @@ class CustomerState:
             seen=list(self.seen),
             segments=dict(self.segments),
             value=self.value,
+            risk=self.risk,
             next_due=self.next_due,
             scored_at=self.scored_at,
             pending=self.pending,

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 
 
 from streamer.core.engine import SCORES, Engine, Record, Result
+from streamer.core.views import RecentActivity
 from streamer.core.state import CustomerState
 from streamer.metrics import Metrics
 from streamer.models.scorer import fit_population
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 engine = Engine(settings.scoring, settings.limits, clock=settings.clock)
 metrics = Metrics()
+#: Segment flows and latest triggers, for the dashboard.
+activity = RecentActivity()
 
 
 def to_record(role: str, message: Any) -> Record:
@@ -64,6 +67,7 @@ async def handle(role: str, event: Any) -> Result:
     try:
         clock = engine.partitions.get(record.partition)
         metrics.record(role, record.partition, result, clock.now if clock else None)
+        activity.record(result)
     except Exception as exc:  # noqa: BLE001 - a metrics bug must not crash the agent
         log.error("metrics update failed: %s", type(exc).__name__)
     return result
@@ -149,6 +153,7 @@ async def advance_wall_clock() -> int:
                 result = engine.advance_clock(partition, now, store)
             publish(result, None)
             metrics.record_evaluations(result, partition, now)
+            activity.record(result)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again; agents go on
             log.error("wall-clock tick failed on partition %d: %s", partition, type(exc).__name__)
             continue
@@ -164,6 +169,7 @@ if settings.clock == "wall":
 async def report_state_size() -> None:
     # From the engine's counts: len() of a RocksDB-backed table scans every key.
     metrics.customers.set(engine.customers)
+    metrics.sample_rate(time.monotonic())
     if engine.online is not None:
         metrics.set_online_quality(engine.online.learner.quality.snapshot())
 

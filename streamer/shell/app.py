@@ -32,6 +32,8 @@ app = StreamerApp(
     web_host=settings.web_host,
     web_bind=settings.web_host,
     web_port=settings.web_port,
+    # Where other workers send a query for a customer this worker owns (table routing).
+    canonical_url=settings.advertised_url,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     # Fast group joins: defaults (session 60 s, rebalance 60 s) made a worker take ~30 s to

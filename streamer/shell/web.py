@@ -1,11 +1,32 @@
-"""Web pages on the worker's port: /metrics, /healthz, /readyz."""
+"""Web pages on the worker's port.
+
+Ops: /metrics, /healthz, /readyz (always open). Query API (``schemas/openapi.json``):
+/customers/{customer_id} — routed by Faust to the worker that owns the customer's partition,
+whichever worker is asked; /segments and /api/summary — every worker's partitions added up
+(each worker answers for its own with ``?local=1``); /dashboard — the marketers' page. With
+API_TOKEN set these need ``Authorization: Bearer <token>`` (or ``?token=``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
+from importlib import resources
 from typing import Any
 
-from streamer.shell.agents import metrics
-from streamer.shell.app import app
+import aiohttp
+import orjson
+
+from streamer.core import views
+from streamer.shell.agents import activity, engine, metrics
+from streamer.shell.app import app, settings
+from streamer.shell.tables import customers, store
+
+log = logging.getLogger(__name__)
+
+MAX_CUSTOMER_ID = 128  # as in the input contracts
+PEER_TIMEOUT_S = 3.0
 
 
 @app.page("/metrics")
@@ -28,3 +49,118 @@ async def readyz(web: Any, request: Any) -> Any:
     recovered = recovery.completed.is_set() and not recovery.in_recovery
     ready = recovered and not app.rebalancing
     return web.json({"ready": ready, "recovered": recovered, "rebalancing": bool(app.rebalancing)}, status=200 if ready else 503)
+
+
+def _error(web: Any, status: int, error: str, detail: str) -> Any:
+    return web.json({"error": error, "detail": detail}, status=status)
+
+
+def _refused(web: Any, request: Any) -> Any | None:
+    """A 401 answer when API_TOKEN is set and the request does not carry it, else None."""
+    if not settings.api_token:
+        return None
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    if hmac.compare_digest(given.encode(), settings.api_token.encode()):
+        return None
+    return _error(web, 401, "unauthorized", "this API needs the token: 'Authorization: Bearer <token>' or '?token='")
+
+
+def _bad_customer_id(customer_id: str) -> str | None:
+    if not customer_id or len(customer_id.encode()) > MAX_CUSTOMER_ID:
+        return f"a customer id has 1 to {MAX_CUSTOMER_ID} bytes"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in customer_id):
+        return "a customer id has no control characters"
+    return None
+
+
+@app.page("/customers/{customer_id}")
+async def customer_page(web: Any, request: Any, customer_id: str) -> Any:
+    if (refused := _refused(web, request)) is not None:
+        return refused
+    if (problem := _bad_customer_id(customer_id)) is not None:
+        return _error(web, 400, "bad_customer_id", problem)
+    return await _owned_customer(web, request, customer_id=customer_id)
+
+
+@app.table_route(table=customers, match_info="customer_id")
+async def _owned_customer(web: Any, request: Any, customer_id: str) -> Any:
+    """Runs on the worker that owns the customer's partition (Faust forwards the request)."""
+    state = store.get(customer_id)
+    if state is None:
+        return _error(web, 404, "not_found", "no such customer: no event of theirs has been applied")
+    return web.json(views.customer_view(engine, state))
+
+
+def _local_summary() -> dict[str, Any]:
+    return {
+        "worker": settings.advertised_url,
+        "summary": views.partition_summary(engine),
+        "activity": activity.snapshot(),
+        "throughput": metrics.snapshot(),
+        "model_version": engine.model_version,
+    }
+
+
+async def _peer_summaries(request: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """This worker's summary and every other worker's (from the partition assignment), and
+    the workers that did not answer."""
+    mine = _local_summary()
+    try:
+        hosts = [str(url).rstrip("/") for url in app.router.table_metadata(customers.name)]
+    except Exception:  # noqa: BLE001 - no assignment yet: answer for this worker alone
+        hosts = []
+    peers = [h for h in hosts if h != settings.advertised_url.rstrip("/")]
+    headers = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
+    params = {"local": "1", **({"token": request.query["token"]} if "token" in request.query else {})}
+
+    async def fetch(host: str) -> dict[str, Any] | None:
+        try:
+            async with app.http_client.get(f"{host}/api/summary", params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as response:
+                if response.status != 200:
+                    return None
+                return orjson.loads(await response.read())
+        except Exception as exc:  # noqa: BLE001 - a missing peer makes the answer partial, not an error
+            log.warning("summary from a peer worker failed: %s", type(exc).__name__)
+            return None
+
+    answers = await asyncio.gather(*(fetch(h) for h in peers))
+    missing = [h for h, a in zip(peers, answers) if a is None]
+    return [mine, *(a for a in answers if a is not None)], missing
+
+
+def _merged(parts: list[dict[str, Any]], missing: list[str]) -> dict[str, Any]:
+    return {
+        "workers": [p["worker"] for p in parts],
+        "missing_workers": missing,
+        "partial": bool(missing),
+        "model_version": parts[0]["model_version"],
+        "summary": views.merge_summaries(p["summary"] for p in parts),
+        "activity": views.merge_activity(p["activity"] for p in parts),
+        "throughput": views.merge_throughput(p["throughput"] for p in parts),
+    }
+
+
+@app.page("/api/summary")
+async def summary_page(web: Any, request: Any) -> Any:
+    if (refused := _refused(web, request)) is not None:
+        return refused
+    if request.query.get("local") == "1":
+        return web.json(_local_summary())
+    return web.json(_merged(*await _peer_summaries(request)))
+
+
+@app.page("/segments")
+async def segments_page(web: Any, request: Any) -> Any:
+    if (refused := _refused(web, request)) is not None:
+        return refused
+    merged = _merged(*await _peer_summaries(request))
+    return web.json({"customers": merged["summary"]["customers"], "populations": merged["summary"]["populations"], "partial": merged["partial"]})
+
+
+@app.page("/dashboard")
+async def dashboard_page(web: Any, request: Any) -> Any:
+    if (refused := _refused(web, request)) is not None:
+        return refused
+    html = resources.files("streamer.shell").joinpath("dashboard.html").read_bytes()
+    return web.bytes(html, content_type="text/html")
