@@ -49,6 +49,7 @@ class Worker:
             "community-events": "TOPIC_COMMUNITY",
             "customer-scores": "TOPIC_SCORES",
             "segment-changes": "TOPIC_SEGMENTS",
+            "campaign-triggers": "TOPIC_TRIGGERS",
             "dead-letter": "TOPIC_DEAD_LETTER",
             "model-state": "TOPIC_MODELS",
         }

@@ -106,7 +106,7 @@ async def test_scripted_history_gives_exact_outputs(make_worker, broker: str) ->
 
     worker = make_worker(worker_env(partitions=PARTITIONS, VALUE_TIER_MIN_POPULATION="1"))
     topics = worker.topics
-    out_topics = [topics["customer-scores"], topics["segment-changes"], topics["dead-letter"]]
+    out_topics = [topics["customer-scores"], topics["segment-changes"], topics["campaign-triggers"], topics["dead-letter"]]
     sent: list[Record] = []
     async with Kafka(broker, out_topics) as kafka:
         for role, key, value, expect in history():
@@ -125,7 +125,7 @@ async def test_scripted_history_gives_exact_outputs(make_worker, broker: str) ->
     engine = Engine(ScoringConfig(value_tier_min_population=1), Limits())
     store = DictStore()
     expected: list[tuple[str, bytes | None, dict]] = []
-    role_topic = {"customer-scores": topics["customer-scores"], "segment-changes": topics["segment-changes"], "dead-letter": topics["dead-letter"]}
+    role_topic = {role: topics[role] for role in ("customer-scores", "segment-changes", "campaign-triggers", "dead-letter")}
     for record in sent:
         for out in engine.process(record, store).outgoing:
             expected.append((role_topic[out.topic_role], out.key, orjson.loads(out.value)))
