@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 
@@ -18,7 +18,11 @@ if not settings.kafka_bootstrap:
 
 
 class StreamerApp(faust.App):
-    """faust.App whose table recovery reads changelogs to their real end (see recovery.py)."""
+    """faust.App whose table recovery reads changelogs to their real end, and which runs
+    ``before_commit`` hooks before committing offsets (see recovery.py)."""
+
+    #: Coroutines the consumer awaits before every offset commit (the state write-back).
+    before_commit: list[Callable[[], Awaitable[Any]]]
 
     def _new_transport(self) -> Any:
         return transport_for(self)
@@ -47,3 +51,4 @@ app = StreamerApp(
     autodiscover=False,
     web_enabled=True,
 )
+app.before_commit = []

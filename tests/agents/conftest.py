@@ -75,9 +75,11 @@ if agents.settings.kafka_bootstrap != TEST_ENV["KAFKA_BOOTSTRAP"]:  # pragma: no
 def clean_shell() -> Any:
     """Every test starts with an empty state table and fresh partition clocks/rankings."""
     tables.customers.data.clear()
+    tables.store.pending.clear()
     agents.engine.partitions.clear()
     yield
     tables.customers.data.clear()
+    tables.store.pending.clear()
     agents.engine.partitions.clear()
 
 

@@ -44,8 +44,8 @@ def retarget(name: str, customer: str, **envelope: Any) -> bytes:
 
 
 def state_of(customer: str) -> CustomerState | None:
-    raw = tables.customers.get(customer.encode())
-    return CustomerState.from_bytes(raw) if raw is not None else None
+    """The customer's state as the agents see it (the table, or a change not yet written back)."""
+    return tables.store.get(customer)
 
 
 def sent(mock: Any) -> list[tuple[bytes, dict[str, Any]]]:
@@ -149,7 +149,7 @@ async def test_duplicate_order_changes_nothing_and_sends_nothing(sends, feed):
     raw = order_completed(customer, "ORD-C-1", 42.0)
     async with agents.score_orders.test_context() as agent:
         await feed(agent, raw, key=customer.encode())
-        stored = tables.customers[customer.encode()]
+        stored = tables.store.pending[customer.encode()]
         calls = {role: mock.call_count for role, mock in sends.items()}
         counters = Counters(
             ("clv_events_duplicate_total", {"topic": "orders"}),
@@ -159,7 +159,7 @@ async def test_duplicate_order_changes_nothing_and_sends_nothing(sends, feed):
         result = await feed(agent, raw, key=customer.encode())
 
     assert result.duplicate and result.rejected is None and result.outgoing == []
-    assert tables.customers[customer.encode()] == stored
+    assert tables.store.pending[customer.encode()] == stored
     assert len(state_of(customer).orders) == 1
     assert {role: mock.call_count for role, mock in sends.items()} == calls
     assert counters.delta() == [1, 1, 0]
@@ -200,7 +200,7 @@ async def test_bad_record_goes_to_dead_letter(sends, feed, raw, key, reason):
     assert data["raw_size"] == len(raw) and data["raw_truncated"] is False
     sends["customer-scores"].assert_not_called()
     sends["segment-changes"].assert_not_called()
-    assert len(tables.customers) == 0
+    assert len(tables.customers) == 0 and not tables.store.pending
     assert counters.delta() == [1, 1, 1]
 
 
