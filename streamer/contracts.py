@@ -56,6 +56,7 @@ INPUT_TYPES: dict[str, str] = {
     "Answer Accepted": "community-events",
     "Review Posted": "community-events",
     "Referral Made": "community-events",
+    "Erasure Requested": "erasure-requests",
 }
 """Input event type name -> topic role it must arrive on."""
 
@@ -64,6 +65,7 @@ OUTPUT_TYPES: dict[str, str] = {
     "Segment Changed": "segment-changes",
     "Campaign Triggered": "campaign-triggers",
     "Event Rejected": "dead-letter",
+    "Customer Erased": "audit",
 }
 """Output event type name -> topic role it is produced to."""
 

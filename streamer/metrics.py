@@ -46,6 +46,9 @@ class Metrics:
             ["trigger", "status"],
             registry=registry,
         )
+        self.erasures = Counter(
+            "clv_erasures_total", "Erasure requests carried out, by whether the customer was found.", ["found"], registry=registry
+        )
         self.published = Counter(
             "clv_events_published_total", "Records produced, by output topic.", ["topic"], registry=registry
         )
@@ -89,6 +92,8 @@ class Metrics:
             self.consumed.labels(topic, result.event_type or "unknown").inc()
             if result.duplicate:
                 self.duplicates.labels(topic).inc()
+            if result.erased is not None:
+                self.erasures.labels(str(result.erased).lower()).inc()
         self.record_evaluations(result, partition, event_time)
 
     def record_evaluations(self, result: Result, partition: int, event_time: float | None) -> None:

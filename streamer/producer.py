@@ -314,6 +314,24 @@ community_event = _keyword_builder(
 community_event.__name__ = community_event.__qualname__ = "community_event"
 
 
+def erasure_requested(
+    customer: str,
+    request_id: str,
+    *,
+    time: datetime | str | float,
+    reason: str | None = None,
+    id: str | None = None,
+    source: str = DEFAULT_SOURCE,
+) -> Outgoing:
+    """``Erasure Requested`` (topic erasure-requests): remove the customer from the service;
+    the audit record carries ``request_id`` and a hash of the customer id.
+
+    >>> erasure_requested("cust-1", "dsr-7", time="2025-04-02T09:00:00Z").role
+    'erasure-requests'
+    """
+    return build("Erasure Requested", customer, {"request_id": request_id, "reason": reason}, time=time, id=id, source=source)
+
+
 def _sends(builder: Callable[..., Outgoing]) -> Callable[..., Awaitable[Any]]:
     """A ClvProducer method: build with ``builder`` (``source`` defaults to the producer's), send, wait."""
 
@@ -419,3 +437,4 @@ class ClvProducer:
     email_event = _sends(email_event)
     survey_answered = _sends(survey_answered)
     community_event = _sends(community_event)
+    erasure_requested = _sends(erasure_requested)

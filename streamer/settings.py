@@ -22,9 +22,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "TOPIC_ORDERS": ("orders", "Input topic for Order Completed / Order Refunded."),
     "TOPIC_EMAIL": ("email-events", "Input topic for email events and Survey Answered."),
     "TOPIC_COMMUNITY": ("community-events", "Input topic for community events."),
+    "TOPIC_ERASURE": ("erasure-requests", "Input topic for Erasure Requested (right to erasure); same partitions and key as the other inputs."),
     "TOPIC_SCORES": ("customer-scores", "Output: score updates, compacted, keyed by customer id."),
     "TOPIC_SEGMENTS": ("segment-changes", "Output: segment changes, keyed by customer id."),
     "TOPIC_TRIGGERS": ("campaign-triggers", "Output: campaign triggers (onboarding, upsell, win-back...), keyed by customer id."),
+    "TOPIC_AUDIT": ("audit", "Output: Customer Erased audit records, keyed by request id (no customer id)."),
     "TOPIC_DEAD_LETTER": ("dead-letter", "Output: rejected inputs with reason, provenance and raw bytes."),
     "TOPIC_MODELS": ("model-state", "Compacted: the fitted population parameters (and learned models), versioned; read at start."),
     "PARTITIONS": ("8", "Partitions of the input topics and the state table (must match: co-partitioned)."),
@@ -117,7 +119,7 @@ class Settings:
 
     @property
     def input_roles(self) -> tuple[str, ...]:
-        return ("orders", "email-events", "community-events")
+        return ("orders", "email-events", "community-events", "erasure-requests")
 
 
 #: Variables that override a key of the rules file: name -> (ScoringConfig field, cast, minimum).
@@ -165,10 +167,12 @@ def load() -> Settings:
         "orders": _env("TOPIC_ORDERS"),
         "email-events": _env("TOPIC_EMAIL"),
         "community-events": _env("TOPIC_COMMUNITY"),
+        "erasure-requests": _env("TOPIC_ERASURE"),
         "customer-scores": _env("TOPIC_SCORES"),
         "segment-changes": _env("TOPIC_SEGMENTS"),
         "campaign-triggers": _env("TOPIC_TRIGGERS"),
         "dead-letter": _env("TOPIC_DEAD_LETTER"),
+        "audit": _env("TOPIC_AUDIT"),
         "model-state": _env("TOPIC_MODELS"),
     }
     if len(set(topics.values())) != len(topics):

@@ -24,7 +24,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     rf = settings.replication_factor
     specs = [NewTopic(t[role], settings.partitions, rf) for role in settings.input_roles]
     specs.append(NewTopic(t["customer-scores"], settings.output_partitions, rf, topic_configs=COMPACTED))
-    for role in ("segment-changes", "campaign-triggers", "dead-letter"):
+    for role in ("segment-changes", "campaign-triggers", "dead-letter", "audit"):
         specs.append(NewTopic(t[role], settings.output_partitions, rf))
     # One partition: a handful of small, versioned model records, latest per key.
     specs.append(NewTopic(t["model-state"], 1, rf, topic_configs=COMPACTED))

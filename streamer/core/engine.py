@@ -34,7 +34,8 @@ from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
-SCORES, SEGMENT_CHANGES, TRIGGERS, DEAD_LETTER = "customer-scores", "segment-changes", "campaign-triggers", "dead-letter"
+SCORES, SEGMENT_CHANGES, TRIGGERS, DEAD_LETTER, AUDIT = "customer-scores", "segment-changes", "campaign-triggers", "dead-letter", "audit"
+ERASURE = "Erasure Requested"
 #: Keys of the persisted model state (the compacted model-state topic).
 POPULATION_KEY, ONLINE_KEY = "population", "online"
 
@@ -61,9 +62,9 @@ class Record:
 
 @dataclass(slots=True)
 class Outgoing:
-    topic_role: str  # "customer-scores", "segment-changes", "dead-letter"
+    topic_role: str  # "customer-scores", "segment-changes", "campaign-triggers", "dead-letter", "audit"
     key: bytes
-    value: bytes
+    value: bytes | None  # None: a tombstone (erasure, on the compacted customer-scores)
 
 
 @dataclass(slots=True)
@@ -85,6 +86,7 @@ class Result:
     #: Campaign triggers that came due: fired, or suppressed (cooldown, consent).
     triggers: list[triggers.Outcome] = field(default_factory=list)
     new_customer: bool = False
+    erased: bool | None = None  # an erasure request: whether the customer was found
     timers_fired: int = 0
     timer_errors: int = 0
     labels_learned: int = 0
@@ -104,6 +106,8 @@ class StateStore(Protocol):
 
     def put(self, customer: str, state: CustomerState) -> None: ...
 
+    def delete(self, customer: str, partition: int) -> None: ...
+
 
 class DictStore:
     """A plain dict as state store, for tests, replays and benchmarks."""
@@ -116,6 +120,9 @@ class DictStore:
 
     def put(self, customer: str, state: CustomerState) -> None:
         self.data[customer] = state
+
+    def delete(self, customer: str, partition: int) -> None:
+        self.data.pop(customer, None)
 
 
 RISK_BUCKETS = 10
@@ -173,6 +180,17 @@ class PartitionClock:
             # proportional to customers, not to events.
             self.due = [(d, c) for c, d in self.due_of.items()]
             heapq.heapify(self.due)
+
+    def forget(self, state: CustomerState) -> None:
+        """Remove a customer from every structure of the partition (erasure)."""
+        customer = state.customer
+        self.schedule(customer, None)
+        self.ranks.update(customer, None)
+        self.btyd_rows.pop(customer, None)
+        for family, segment in state.segments.items():
+            self.count_segment(family, segment, None)
+        self.count_risk(state.risk, None)
+        self.customers -= 1
 
     def pop_due(self) -> tuple[float, str] | None:
         """The next current (due, customer) at or before ``now``, or None."""
@@ -327,6 +345,8 @@ class Engine:
         if moment > clock.now:
             clock.now = moment
             self.fire_due(record.partition, store, result)
+        if event.type == ERASURE:
+            return self._erase(event.customer, event.data["request_id"], record.partition, store, wall_now, result)
         # Contained here, not only in the shell, so the timer outputs above (whose states are
         # already written) are still published when this one event fails.
         try:
@@ -346,6 +366,22 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - one bad event must not take the others down
             return self._reject(record, "processing_error", f"{type(exc).__name__}: {exc}", result)
         result.absorb(pending)
+        return result
+
+    def _erase(self, customer: str, request_id: str, partition: int, store: StateStore, wall_now: float, result: Result) -> Result:
+        """Remove a customer: state (the store writes a changelog tombstone), timers, rankings
+        and counts; a tombstone on the compacted scores topic; an audit record that names the
+        customer only by hash. Erasing an unknown customer is recorded too (found = false)."""
+        state = store.get(customer)
+        removed = []
+        if state is not None:
+            store.delete(customer, partition)
+            self.clock(partition).forget(state)
+            removed = ["state", "timers", "scores", "changelog"]
+        key = customer.encode()
+        result.erased = state is not None
+        result.outgoing.append(Outgoing(SCORES, key, None))
+        result.outgoing.append(Outgoing(AUDIT, request_id.encode(), outputs.customer_erased(request_id, customer, state is not None, removed, wall_now)))
         return result
 
     def reject(self, record: Record, reason: str, detail: str) -> Result:

@@ -155,3 +155,20 @@ def campaign_triggered(
         data["step"] = step
     data.update(at=rfc3339(at), reason=reason, scores=rounded(scores), channel=channel, segments=segments)
     return _envelope("Campaign Triggered", deterministic_id("trg", customer, trigger, step, at), at, customer, data)
+
+
+def customer_erased(request_id: str, customer: str, found: bool, removed: list[str], wall_now: float) -> bytes:
+    """Audit record of an erasure: the customer appears only as a SHA-256 of their id."""
+    return _envelope(
+        "Customer Erased",
+        deterministic_id("erased", request_id, customer),
+        wall_now,
+        request_id,
+        {
+            "request_id": request_id,
+            "customer_sha256": hashlib.sha256(customer.encode()).hexdigest(),
+            "found": found,
+            "erased_at": rfc3339(wall_now),
+            "removed": removed,
+        },
+    )

@@ -104,6 +104,7 @@ def _agent_for(role: str) -> Any:
 score_orders = _agent_for("orders")
 score_email_events = _agent_for("email-events")
 score_community_events = _agent_for("community-events")
+erase_customers = _agent_for("erasure-requests")
 
 
 @customers.on_recover

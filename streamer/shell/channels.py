@@ -14,6 +14,7 @@ outputs = {
     "segment-changes": app.topic(settings.topics["segment-changes"], partitions=settings.output_partitions, **RAW),
     "campaign-triggers": app.topic(settings.topics["campaign-triggers"], partitions=settings.output_partitions, **RAW),
     "dead-letter": app.topic(settings.topics["dead-letter"], partitions=settings.output_partitions, **RAW),
+    "audit": app.topic(settings.topics["audit"], partitions=settings.output_partitions, **RAW),
     "model-state": app.topic(settings.topics["model-state"], partitions=1, compacting=True, **RAW),
 }
 #: actual topic name -> logical role

@@ -32,7 +32,7 @@ class Output:
     partition: int
     offset: int
     key: bytes | None
-    doc: dict
+    doc: dict | None
 
 
 class Kafka:
@@ -61,7 +61,9 @@ class Kafka:
 
     async def _collect(self) -> None:
         async for message in self.consumer:
-            self.outputs.append(Output(message.topic, message.partition, message.offset, message.key, orjson.loads(message.value)))
+            # A tombstone (no value) has doc None.
+            doc = orjson.loads(message.value) if message.value is not None else None
+            self.outputs.append(Output(message.topic, message.partition, message.offset, message.key, doc))
 
     async def send(self, topic: str, role: str, key: bytes | None, value: bytes) -> Record:
         metadata = await self.producer.send_and_wait(topic, value=value, key=key)

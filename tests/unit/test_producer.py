@@ -21,6 +21,7 @@ from streamer.producer import (
     build,
     community_event,
     email_event,
+    erasure_requested,
     order_completed,
     order_refunded,
     product,
@@ -51,6 +52,7 @@ def one_of_each() -> list[Outgoing]:
         community_event("Answer Accepted", CUSTOMER, post_id="p-1", answer_id="r-1", time=T),
         community_event("Review Posted", CUSTOMER, product_id="mic-usb-01", rating=5, review_id="rev-1", time=T),
         community_event("Referral Made", CUSTOMER, referral_code="ref-1", channel="email", time=T),
+        erasure_requested(CUSTOMER, "dsr-1", reason="GDPR art. 17", time=T),
     ]
 
 

@@ -179,7 +179,7 @@ def _readme_tables() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
 
 def test_readme_tables_match_contracts() -> None:
     inputs, outputs, slugs = _readme_tables()
-    assert len(inputs) == 14 and len(outputs) == 4
+    assert len(inputs) == 15 and len(outputs) == 5
     assert inputs == INPUT_TYPES
     assert outputs == OUTPUT_TYPES
     assert slugs == TYPE_SLUGS
@@ -440,4 +440,4 @@ def test_schemas_are_found_inside_the_package() -> None:
     # package-data over the streamer/schemas link), and contracts looks there.
     assert contracts.SCHEMA_DIR == Path(contracts.__file__).parent / "schemas"
     names = {p.name for p in contracts.SCHEMA_DIR.glob("*.schema.json")}
-    assert "order-completed.v1.schema.json" in names and len(names) == 19
+    assert "order-completed.v1.schema.json" in names and len(names) == 21
