@@ -122,10 +122,12 @@ def summary_line(state: ViewState) -> str:
     )
 
 
-async def produce(bootstrap: str, topics: dict[str, str], sim: ShopSimulator, start: datetime, days_per_second: float, state: ViewState) -> None:
+async def produce(
+    bootstrap: str, topics: dict[str, str], sim: ShopSimulator, start: datetime, days_per_second: float, state: ViewState, **client_options: object
+) -> None:
     """Publish simulated events, event time running ``days_per_second`` faster than real time
     until it reaches the present, then in real time (the worker rejects future events)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=2 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=2 * 1024 * 1024, **client_options)
     await producer.start()
     try:
         sim_time = start
@@ -145,9 +147,9 @@ async def produce(bootstrap: str, topics: dict[str, str], sim: ShopSimulator, st
         await producer.stop()
 
 
-async def consume_outputs(bootstrap: str, topics: dict[str, str], state: ViewState) -> None:
+async def consume_outputs(bootstrap: str, topics: dict[str, str], state: ViewState, **client_options: object) -> None:
     consumer = AIOKafkaConsumer(
-        topics["segment-changes"], topics["customer-scores"], topics["dead-letter"], topics["campaign-triggers"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        topics["segment-changes"], topics["customer-scores"], topics["dead-letter"], topics["campaign-triggers"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", **client_options
     )
     await consumer.start()
     try:
@@ -229,8 +231,8 @@ async def _run(bootstrap: str, settings: settings_module.Settings, customers: in
     sim = ShopSimulator(customers, start, seed=seed, invalid_fraction=0.005)
     state = ViewState()
     tasks = [
-        asyncio.create_task(produce(bootstrap, settings.topics, sim, start, days_per_second, state)),
-        asyncio.create_task(consume_outputs(bootstrap, settings.topics, state)),
+        asyncio.create_task(produce(bootstrap, settings.topics, sim, start, days_per_second, state, **settings.security.client_options())),
+        asyncio.create_task(consume_outputs(bootstrap, settings.topics, state, **settings.security.client_options())),
         asyncio.create_task(scrape_metrics(metrics_url, state)),
     ]
     stop = asyncio.Event()
@@ -264,6 +266,8 @@ DEMO_NAMES = {
     "TOPIC_TRIGGERS": "demo-campaign-triggers",
     "TOPIC_DEAD_LETTER": "demo-dead-letter",
     "TOPIC_MODELS": "demo-model-state",
+    "TOPIC_ERASURE": "demo-erasure-requests",
+    "TOPIC_AUDIT": "demo-audit",
 }
 
 

@@ -429,7 +429,7 @@ def run_cli(args: Any) -> int:
 
         async def go() -> float:
             await ensure_topics(settings, attempts=5)
-            async with ClvProducer(settings.kafka_bootstrap, topics=settings.topics, linger_ms=20, max_batch_size=256 * 1024) as producer:
+            async with ClvProducer(settings.kafka_bootstrap, topics=settings.topics, linger_ms=20, max_batch_size=256 * 1024, **settings.security.client_options()) as producer:
                 return await send(plan, producer, progress=not args.quiet)
 
         seconds = asyncio.run(go())

@@ -11,13 +11,22 @@ import socket
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from streamer import rules
+from streamer import kafka_security, rules
+from streamer.kafka_security import KafkaSecurity
 from streamer.core.config import Limits, ScoringConfig
 from streamer.errors import ConfigError
 
 #: name -> (default, description). Defaults are strings, as in the environment.
 SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "KAFKA_BOOTSTRAP": ("", "Kafka bootstrap servers (host:port,...). Empty: `streamer demo` starts the embedded broker."),
+    "KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`, for every Kafka client of the service."),
+    "KAFKA_SASL_MECHANISM": ("SCRAM-SHA-512", "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a SASL protocol)."),
+    "KAFKA_SASL_USERNAME": ("", "SASL user name."),
+    "KAFKA_SASL_PASSWORD": ("", "SASL password (never logged)."),
+    "KAFKA_SSL_CAFILE": ("", "CA bundle (PEM) the brokers' certificates are checked against; empty: the system store."),
+    "KAFKA_SSL_CERTFILE": ("", "Client certificate (PEM) for mutual TLS."),
+    "KAFKA_SSL_KEYFILE": ("", "Its private key (PEM)."),
+    "KAFKA_SSL_CHECK_HOSTNAME": ("true", "Check that the broker's certificate names the host connected to."),
     "STREAMER_APP_ID": ("clv-streamer", "Faust app id: consumer group and prefix of table changelog topics."),
     "TOPIC_ORDERS": ("orders", "Input topic for Order Completed / Order Refunded."),
     "TOPIC_EMAIL": ("email-events", "Input topic for email events and Survey Answered."),
@@ -95,6 +104,7 @@ def _fx_rates(reporting: str) -> dict[str, float]:
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str
+    security: KafkaSecurity
     app_id: str
     topics: dict[str, str]  # logical role -> actual topic name
     partitions: int
@@ -183,6 +193,7 @@ def load() -> Settings:
         raise ConfigError(f"CLOCK={clock!r}: use 'event' or 'wall'")
     return Settings(
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP"),
+        security=kafka_security.from_env(_env),
         app_id=_env("STREAMER_APP_ID"),
         topics=topics,
         partitions=int(_number("PARTITIONS", int, 1)),

@@ -35,7 +35,7 @@ async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
     """Create missing topics; returns the names created. Retries while the broker is down."""
     delay = 0.2
     for attempt in range(1, attempts + 1):
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000, **settings.security.client_options())
         try:
             await admin.start()
             existing = set(await admin.list_topics())

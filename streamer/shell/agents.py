@@ -128,7 +128,7 @@ async def rebuild_partitions() -> None:
 async def load_models() -> None:
     """Take the latest persisted models (population parameters, online learners) that are
     newer than the ones this worker has."""
-    latest = await read_latest(settings.kafka_bootstrap, settings.topics["model-state"])
+    latest = await read_latest(settings.kafka_bootstrap, settings.topics["model-state"], **settings.security.client_options())
     taken = engine.import_models({key.decode(): value for key, value in latest.items()})
     if taken:
         log.info("models loaded from %s: %s; now %s", settings.topics["model-state"], ", ".join(taken), engine.model_version)

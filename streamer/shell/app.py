@@ -8,6 +8,7 @@ import faust
 
 from streamer import settings as settings_module
 from streamer.errors import ConfigError
+from streamer.kafka_security import KafkaSecurity
 from streamer.shell.recovery import transport_for
 
 settings = settings_module.load()
@@ -17,12 +18,25 @@ if not settings.kafka_bootstrap:
 
 
 
+def credentials(security: KafkaSecurity) -> Any:
+    """Faust's form of the TLS / SASL settings (None: plaintext)."""
+    if security.uses_sasl:
+        return faust.SASLCredentials(
+            username=security.username, password=security.password, mechanism=security.sasl_mechanism, ssl_context=security.ssl_context()
+        )
+    if security.uses_tls:
+        return faust.SSLCredentials(security.ssl_context())
+    return None
+
+
 class StreamerApp(faust.App):
     """faust.App whose table recovery reads changelogs to their real end, and which runs
     ``before_commit`` hooks before committing offsets (see recovery.py)."""
 
     #: Coroutines the consumer awaits before every offset commit (the state write-back).
     before_commit: list[Callable[[], Awaitable[Any]]]
+    #: aiokafka options (TLS, SASL) for the extra clients the shell opens.
+    kafka_options: dict[str, Any]
 
     def _new_transport(self) -> Any:
         return transport_for(self)
@@ -50,5 +64,7 @@ app = StreamerApp(
     consumer_auto_offset_reset="earliest",
     autodiscover=False,
     web_enabled=True,
+    broker_credentials=credentials(settings.security),
 )
 app.before_commit = []
+app.kafka_options = settings.security.client_options()

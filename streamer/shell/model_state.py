@@ -18,10 +18,10 @@ POPULATION_KEY = b"population"
 READ_DEADLINE_S = 10.0
 
 
-async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+async def read_latest(bootstrap: str, topic: str, **client_options: Any) -> dict[bytes, bytes]:
     """The latest value per key, read to the log's real end (not the reported high
     watermark, which the embedded broker under-reports)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options)
     await consumer.start()
     latest: dict[bytes, bytes] = {}
     try:

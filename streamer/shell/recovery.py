@@ -46,12 +46,12 @@ async def read_to_end(consumer: AIOKafkaConsumer, handle: Callable[[TopicPartiti
             handle(kafka_tp, messages)
 
 
-async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int]) -> dict[TP, int]:
+async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int], **client_options: Any) -> dict[TP, int]:
     """The true end offset (last offset + 1) of each partition, starting from ``reported``."""
     ends = dict(reported)
     if not ends:
         return ends
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest", **client_options)
     await consumer.start()
     try:
         by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in ends}
@@ -79,7 +79,7 @@ class EndProbingConsumer(aiokafka_driver.Consumer):
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         reported = await super().highwaters(*partitions)
         bootstrap = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
-        return await probe_end_offsets(bootstrap, reported)
+        return await probe_end_offsets(bootstrap, reported, **getattr(self.app, "kafka_options", {}))
 
 
 class StreamerConsumer(EndProbingConsumer):
