@@ -10,7 +10,11 @@ from collections import deque
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streamer.core.config import TRIGGER_NAMES
 from streamer.core.engine import Result
+from streamer.core.triggers import CONSENT, COOLDOWN, FIRED
+
+TRIGGER_STATUSES = (FIRED, COOLDOWN, CONSENT)
 
 ONLINE_QUALITY_METRICS = ("roc_auc", "log_loss", "mae", "mae_btyd", "roc_auc_btyd", "labels", "drifts")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -49,6 +53,13 @@ class Metrics:
         self.erasures = Counter(
             "clv_erasures_total", "Erasure requests carried out, by whether the customer was found.", ["found"], registry=registry
         )
+        # Every series of these bounded label sets exists from the start (at 0), so rates and
+        # alerts see a 0 -> n increase and dashboards show them before the first occurrence.
+        for trigger in TRIGGER_NAMES:
+            for status in TRIGGER_STATUSES:
+                self.triggers.labels(trigger, status)
+        for found in ("true", "false"):
+            self.erasures.labels(found)
         self.published = Counter(
             "clv_events_published_total", "Records produced, by output topic.", ["topic"], registry=registry
         )
