@@ -26,6 +26,7 @@ class LearnedScorer:
 
     def __init__(self, btyd: BTYDScorer, horizon_days: float = 90.0, learner: DelayedLabelLearner | None = None) -> None:
         self.btyd = btyd
+        btyd.extra_horizon = horizon_days  # computed with every BTYD score: inputs() reuses it
         self.horizon_days = horizon_days
         self.learner = learner or DelayedLabelLearner(horizon_s=horizon_days * DAY)
 

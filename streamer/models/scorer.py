@@ -84,6 +84,19 @@ def btyd_inputs(f: Features) -> tuple[float, float, float]:
     return float(f.repeat_transactions), f.age_days - f.recency_days, f.age_days
 
 
+def _p_alive(bg: btyd.BGNBDParams, x: float, t_x: float, T: float) -> float:
+    """:func:`btyd.p_alive` for one customer in plain floats (no numpy per-call overhead):
+    the logistic of minus the log-odds of having dropped out (FHL05 eq. 13)."""
+    if x <= 0:
+        return 1.0
+    r, alpha, a, b = bg.as_tuple()
+    log_odds = math.log(a) - math.log(b + x - 1.0) + (r + x) * (math.log(alpha + T) - math.log(alpha + t_x))
+    if log_odds > 0:
+        e = math.exp(-log_odds)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(log_odds))
+
+
 class BTYDScorer:
     """P(alive), expected purchases and P(no purchase) over a horizon, predicted CLV over it
     (margin, discounted), expected order value and the median days to the next order."""
@@ -95,6 +108,9 @@ class BTYDScorer:
         self.annual_discount_rate = annual_discount_rate
         self.model = model or PopulationModel()
         self._last: tuple[Features, float | None, dict[str, float], dict[str, float], PopulationModel] | None = None
+        #: A second horizon computed with every score (the online learners' label horizon, set
+        #: by ``LearnedScorer``), so their inputs come from the same vectorised call.
+        self.extra_horizon: float | None = None
 
     @property
     def version(self) -> str:
@@ -103,7 +119,7 @@ class BTYDScorer:
     def predict_one(self, features: Features, scores: dict[str, float]) -> dict[str, float]:
         if features.orders == 0:
             return {}
-        return self.quantities(features)[0]
+        return self.quantities(features, self.extra_horizon)[0]
 
     def quantities(self, features: Features, extra_horizon: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
         """The scores, and (p_alive, expected_purchases, p_no_purchase) over ``extra_horizon``.
@@ -124,7 +140,7 @@ class BTYDScorer:
         steps = [h * k / DISCOUNT_STEPS for k in range(1, DISCOUNT_STEPS + 1)]
         horizons = steps + ([extra_horizon] if extra_horizon is not None else [])
         expectations = btyd._alive_expectation(bg, np.array(horizons), np.full(len(horizons), x), np.full(len(horizons), T))
-        alive = float(btyd.p_alive(bg, x, t_x, T))
+        alive = _p_alive(bg, x, t_x, T)
 
         def silent(t: float) -> float:
             return math.exp((r + x) * (math.log(alpha + T) - math.log(alpha + T + t)))

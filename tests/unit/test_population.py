@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamer.models.scorer import PopulationModel, fit_population
 
@@ -80,3 +81,16 @@ def test_the_scorer_computes_exactly_what_the_reference_formulas_give() -> None:
             assert abs(scores[key] - value) <= 1e-12 * max(1.0, abs(value)), (trial, key)
         for key, value in btyd_scores_for(scorer.model, f, 90.0).items():
             assert abs(extra[key] - value) <= 1e-12 * max(1.0, abs(value)), (trial, key)
+
+
+def test_scalar_p_alive_equals_the_vectorised_formula():
+    import itertools
+
+    from streamer.models import btyd
+    from streamer.models.scorer import _p_alive
+
+    params = btyd.BGNBDParams(0.243, 4.414, 0.793, 2.426)
+    for x, t_x, T in itertools.product([0, 1, 2, 7, 40, 300], [0.0, 3.5, 20.0, 38.0], [38.5, 60.0, 400.0]):
+        if t_x > T or (x == 0 and t_x):
+            continue
+        assert _p_alive(params, x, t_x, T) == pytest.approx(float(btyd.p_alive(params, x, t_x, T)), rel=1e-12, abs=1e-300)
