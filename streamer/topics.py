@@ -31,10 +31,13 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     return specs
 
 
-async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
-    """Create missing topics; returns the names created. Retries while the broker is down."""
+async def ensure_topics(settings: Settings, attempts: int | None = 30) -> list[str]:
+    """Create missing topics; returns the names created. Retries while the broker is down
+    (``attempts=None``: for as long as it takes)."""
     delay = 0.2
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while attempts is None or attempt < attempts:
+        attempt += 1
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000, **settings.security.client_options())
         try:
             await admin.start()
@@ -48,7 +51,7 @@ async def ensure_topics(settings: Settings, attempts: int = 30) -> list[str]:
                 log.info("created topics: %s", ", ".join(s.name for s in missing))
             return [s.name for s in missing]
         except KafkaConnectionError as exc:
-            if attempt == attempts:
+            if attempts is not None and attempt >= attempts:
                 raise
             log.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)

@@ -14,20 +14,29 @@ from collections import defaultdict
 from typing import Any, AsyncIterator
 
 
+from aiokafka.admin import NewTopic
+
 from streamer.core.engine import SCORES, Engine, Record, Result
 from streamer.core.views import RecentActivity
 from streamer.core.state import CustomerState
 from streamer.metrics import Metrics
 from streamer.models.scorer import fit_population
 from streamer.shell.app import app, settings
+from streamer.shell.broker_watch import BrokerWatch
 from streamer.shell.channels import inputs, outputs
 from streamer.shell.model_state import read_latest
 from streamer.shell.tables import customers, partition_context, store
+from streamer.topics import COMPACTED
 
 log = logging.getLogger(__name__)
 
 engine = Engine(settings.scoring, settings.limits, clock=settings.clock)
 metrics = Metrics()
+#: The changelog must stay co-partitioned with the inputs too; Faust declares it once per process.
+broker_watch = BrokerWatch(
+    settings,
+    [NewTopic(customers.changelog_topic.get_topic_name(), settings.partitions, settings.replication_factor, topic_configs=COMPACTED)],
+)
 #: Segment flows and latest triggers, for the dashboard.
 activity = RecentActivity()
 
@@ -164,6 +173,14 @@ async def advance_wall_clock() -> int:
 
 if settings.clock == "wall":
     app.timer(interval=settings.clock_tick_seconds, name="streamer.wall-clock")(advance_wall_clock)
+
+
+@app.task
+async def watch_broker() -> None:
+    """Readiness follows the broker; topics it lost (a restart without its data) are recreated."""
+    while True:
+        await asyncio.sleep(broker_watch.interval)
+        await broker_watch.probe()
 
 
 @app.timer(interval=5.0)

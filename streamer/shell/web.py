@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from streamer.core import views
-from streamer.shell.agents import activity, engine, metrics
+from streamer.shell.agents import activity, broker_watch, engine, metrics
 from streamer.shell.app import app, settings
 from streamer.shell.tables import customers, store
 
@@ -47,8 +47,13 @@ async def readyz(web: Any, request: Any) -> Any:
     # is seen through ``in_recovery``.
     recovery = app.tables.recovery
     recovered = recovery.completed.is_set() and not recovery.in_recovery
-    ready = recovered and not app.rebalancing
-    return web.json({"ready": ready, "recovered": recovered, "rebalancing": bool(app.rebalancing)}, status=200 if ready else 503)
+    # The broker too: Faust keeps retrying in the background and would stay "ready" through
+    # an outage, or after a broker restart that lost the topics (see broker_watch.py).
+    ready = recovered and not app.rebalancing and broker_watch.ok
+    body = {"ready": ready, "recovered": recovered, "rebalancing": bool(app.rebalancing)}
+    if not broker_watch.ok:
+        body.update(broker=broker_watch.reachable, problem=broker_watch.problem)
+    return web.json(body, status=200 if ready else 503)
 
 
 def _error(web: Any, status: int, error: str, detail: str) -> Any:

@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
+
+
+async def wait_for_broker(settings: Any) -> list[str]:
+    """Create the service's topics, retrying for as long as the broker is unreachable.
+
+    Meanwhile the web port answers ``/healthz`` (200: the process is fine) and ``/readyz`` (503:
+    no broker yet), so an orchestrator sees a live, unready worker rather than a closed port
+    and, after a while, a crashed one. Faust's own web server takes the port over afterwards.
+    """
+    from aiohttp import web
+
+    from streamer.topics import ensure_topics
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        body = {"ready": False, "recovered": False, "rebalancing": False, "broker": False, "problem": "broker unreachable"}
+        return web.json_response(body, status=503)
+
+    server = web.Application()
+    server.router.add_get("/healthz", healthz)
+    server.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(server, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    try:
+        return await ensure_topics(settings, attempts=None)
+    finally:
+        await runner.cleanup()
 
 
 def run() -> None:
     from streamer.shell.app import app, settings
-    from streamer.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings))
+    asyncio.run(wait_for_broker(settings))
     from streamer.shell import agents, web  # noqa: F401  (registers agents, tables, pages)
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]

@@ -1,0 +1,71 @@
+"""The broker watch: readiness follows the broker, lost topics are recreated, a topic that is
+not co-partitioned with the state table keeps the worker unready."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from streamer.shell import agents, web
+from streamer.shell.app import app, settings
+from streamer.shell.broker_watch import BrokerWatch
+
+
+def view(page: Any) -> Any:
+    return page(app, app.web)
+
+
+async def test_readyz_is_503_while_the_broker_is_unreachable(monkeypatch):
+    completed = app.tables.recovery.completed
+    completed.set()
+    try:
+        monkeypatch.setattr(agents.broker_watch, "reachable", False)
+        monkeypatch.setattr(agents.broker_watch, "problem", "broker unreachable")
+        response = await view(web.readyz).get(None)
+        assert response.status == 503
+        body = json.loads(response.body)
+        assert body == {"ready": False, "recovered": True, "rebalancing": False, "broker": False, "problem": "broker unreachable"}
+    finally:
+        completed.clear()
+
+
+def fake_broker(watch: BrokerWatch, monkeypatch, partitions: dict[str, int] | None) -> list[str]:
+    """``partitions`` None: unreachable. Returns the names the watch creates."""
+    created: list[str] = []
+
+    async def topics() -> dict[str, int]:
+        if partitions is None:
+            raise ConnectionError("down")
+        return dict(partitions)
+
+    async def create(specs: list) -> None:
+        for spec in specs:
+            created.append(spec.name)
+            partitions[spec.name] = spec.num_partitions  # type: ignore[index]
+
+    monkeypatch.setattr(watch, "_partitions", topics)
+    monkeypatch.setattr(watch, "_create", create)
+    return created
+
+
+async def test_probe_follows_the_broker_and_recreates_lost_topics(monkeypatch):
+    watch = BrokerWatch(settings, agents.broker_watch.specs[-1:])  # the changelog spec
+    fake_broker(watch, monkeypatch, None)
+    await watch.probe()
+    assert not watch.ok and not watch.reachable and watch.interval < 5
+
+    # Back, but empty (a broker restarted without its data): everything is created again.
+    created = fake_broker(watch, monkeypatch, {})
+    await watch.probe()
+    assert watch.ok and watch.reachable
+    assert set(created) == {spec.name for spec in watch.specs}
+
+
+async def test_probe_keeps_the_worker_unready_when_an_input_is_not_co_partitioned(monkeypatch):
+    watch = BrokerWatch(settings, agents.broker_watch.specs[-1:])
+    partitions = {spec.name: spec.num_partitions for spec in watch.specs}
+    partitions[settings.topics["orders"]] = settings.partitions + 2  # auto-created by a client
+    created = fake_broker(watch, monkeypatch, partitions)
+    await watch.probe()
+    assert not created and watch.reachable and not watch.ok
+    assert settings.topics["orders"] in (watch.problem or "")
