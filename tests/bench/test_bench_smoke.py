@@ -45,7 +45,7 @@ def test_the_bench_runs_end_to_end_and_writes_every_field(tmp_path: Path) -> Non
     assert "bytes_per_customer_slope" in mem and isinstance(mem["rss_samples"], list)
     lat = worker["latency"]
     assert lat["events"] > 0 and lat["matched"] + lat["missing"] == lat["events"] and lat["matched"] > 0
-    assert number(lat["timer_scores"])
+    assert number(lat["timer_scores"]) and lat["complete"] is True
     for key in ("offered_events_per_s", "e2e_p50_ms", "e2e_p99_ms", "e2e_max_ms", "record_ts_p50_ms", "record_ts_p99_ms"):
         assert number(lat[key]), key
     assert lat["e2e_p50_ms"] <= lat["e2e_p99_ms"] <= lat["e2e_max_ms"]
@@ -53,12 +53,14 @@ def test_the_bench_runs_end_to_end_and_writes_every_field(tmp_path: Path) -> Non
     ceiling = one["ceiling"]
     assert ceiling["complete"] is True and ceiling["events"] == doc["workload"]["events"] + lat["events"]
     assert ceiling["invalid"] == 0 and number(ceiling["events_per_s"]) and ceiling["events_per_s"] > 0
-    assert one["ratio"] == pytest.approx(thr["events_per_s"] / ceiling["events_per_s"], rel=1e-3)
+    assert one["ratio"] == pytest.approx(thr["events_per_s"] / ceiling["events_per_s"], abs=1e-4)  # the ratio is rounded to 4 decimals
     assert one["refit"]["customers"] == 20000 and one["refit"]["fitted"] is True and number(one["refit"]["seconds"])
 
     assert set(doc["summary"]) == set(METRICS)
     for name, entry in doc["summary"].items():
-        assert {"label", "unit", "per_run", "values", "min", "median", "max", "target", "runs_meeting_target"} <= entry.keys(), name
+        assert {"label", "unit", "per_run", "values", "min", "median", "max", "target", "runs_meeting_target"} <= entry.keys(), (
+            name
+        )
         if name != "bytes_per_customer_slope":  # needs enough samples while loading; none at this size
             assert len(entry["values"]) == 1 and entry["min"] == entry["median"] == entry["max"], name
     for name in ("ratio", "latency_p99_ms", "bytes_per_customer", "ready_s", "refit_s"):
