@@ -18,14 +18,20 @@ from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
 
-async def run_ceiling(bootstrap: str, roles: dict[str, str], out_topic: str, expected: int, quiet_s: float = 15.0) -> dict[str, float | int | bool]:
+async def run_ceiling(
+    bootstrap: str, roles: dict[str, str], out_topic: str, expected: int, quiet_s: float = 15.0
+) -> dict[str, float | int | bool]:
     """Consume the input topics (``roles``: topic -> role) from the start until ``expected``
     records were handled; returns the count and events/s (first record fetched -> last output
     acknowledged)."""
     limits, config = Limits(), ScoringConfig()
     states: dict[str, CustomerState] = {}
     consumer = AIOKafkaConsumer(
-        *roles, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024
+        *roles,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     producer = new_producer(bootstrap)
     await consumer.start()
@@ -62,7 +68,14 @@ async def run_ceiling(bootstrap: str, roles: dict[str, str], out_topic: str, exp
                         duplicates += 1
                         continue
                     state = states[event.customer] = apply(state, event, config)
-                    out = orjson.dumps({"customer": event.customer, "event_id": event.id, "orders": len(state.orders), "last_event_at": state.last_event_at})
+                    out = orjson.dumps(
+                        {
+                            "customer": event.customer,
+                            "event_id": event.id,
+                            "orders": len(state.orders),
+                            "last_event_at": state.last_event_at,
+                        }
+                    )
                     await producer.send(out_topic, value=out, key=message.key)
             if now - last_progress >= 10:
                 last_progress = now

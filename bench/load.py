@@ -79,7 +79,9 @@ def event_id(value: bytes) -> str:
 
 def new_producer(bootstrap: str, linger_ms: int = 5) -> AIOKafkaProducer:
     # Default (murmur2) partitioner and key = customer id, as the README asks of producers.
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024
+    )
 
 
 async def publish_all(bootstrap: str, topics: dict[str, str], records: Sequence[Rec], label: str = "events") -> dict[str, float]:
@@ -101,7 +103,11 @@ async def publish_all(bootstrap: str, topics: dict[str, str], records: Sequence[
     finally:
         await producer.stop()
     seconds = time.perf_counter() - started
-    return {"events": len(records), "seconds": round(seconds, 3), "events_per_s": round(len(records) / seconds, 1) if seconds else 0.0}
+    return {
+        "events": len(records),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(len(records) / seconds, 1) if seconds else 0.0,
+    }
 
 
 async def publish_paced(

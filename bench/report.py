@@ -17,7 +17,13 @@ METRICS: dict[str, tuple[str, str, float | None, str, tuple[str, ...]]] = {
     "latency_p99_ms": ("latency p99 @ half load", "ms", 200.0, "max", ("worker", "latency", "e2e_p99_ms")),
     "offered_events_per_s": ("  offered load (half of max)", "events/s", None, "", ("worker", "latency", "offered_events_per_s")),
     "bytes_per_customer": ("resident memory / customer", "bytes", 1024.0, "max", ("worker", "memory", "bytes_per_customer")),
-    "bytes_per_customer_slope": ("  same, slope 20-95 % loaded", "bytes", None, "", ("worker", "memory", "bytes_per_customer_slope")),
+    "bytes_per_customer_slope": (
+        "  same, slope 20-95 % loaded",
+        "bytes",
+        None,
+        "",
+        ("worker", "memory", "bytes_per_customer_slope"),
+    ),
     "ready_s": ("worker ready (start -> /readyz)", "s", 10.0, "max", ("worker", "ready_s")),
     "refit_s": ("refit, synthetic population", "s", 5.0, "max", ("refit", "seconds")),
 }
@@ -73,7 +79,7 @@ def table(result: dict[str, Any]) -> str:
     runs = len(result["runs"])
     header = ["metric", "unit", "target"] + [f"run {i + 1}" for i in range(runs)] + (["min..max"] if runs > 1 else []) + ["meets"]
     rows = [header]
-    for name, s in result["summary"].items():
+    for s in result["summary"].values():
         unit = s["unit"]
         target = "-" if s["target"] is None else ("≥ " if s["target_kind"] == "min" else "≤ ") + _fmt(s["target"], unit)
         cells = [s["label"], unit, target] + [_fmt(v, unit) for v in s["per_run"]]
@@ -83,13 +89,17 @@ def table(result: dict[str, Any]) -> str:
         cells.append("-" if met is None else f"{met}/{len(s['values'])}")
         rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     w = result["workload"]
     notes = [
-        f"{w['customers']:,} customers, {w['events']:,} events (mix {w['mix']}), {w['partitions']} partitions; "
-        f"latency at {result['config']['latency_seconds']:g} s of half the measured worker maximum; "
-        f"refit over {result['config']['refit_customers']:,} synthetic customers.",
+        (
+            f"{w['customers']:,} customers, {w['events']:,} events (mix {w['mix']}), {w['partitions']} partitions; "
+            f"latency at {result['config']['latency_seconds']:g} s of half the measured worker maximum; "
+            f"refit over {result['config']['refit_customers']:,} synthetic customers."
+        ),
         f"host: {result['host']['cpus']} CPUs, load average at start {result['host']['loadavg_start']}; figures are noisy on a shared machine.",
     ]
     return "\n".join(lines + [""] + notes)

@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--acquisition-days", type=float, default=21, help="first orders spread over this many days (default 21)")
     p.add_argument("--repeat", type=int, default=1, help="runs (fresh broker and worker each); the table shows ranges")
     p.add_argument("--latency-seconds", type=float, default=30, help="duration of the half-load latency phase (default 30)")
-    p.add_argument("--refit-customers", type=int, default=1_000_000, help="synthetic customers of the refit timing (default 1,000,000)")
+    p.add_argument(
+        "--refit-customers", type=int, default=1_000_000, help="synthetic customers of the refit timing (default 1,000,000)"
+    )
     p.add_argument("--quiet-timeout", type=float, default=30, help="give a phase up after this many seconds without progress")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="JSON and logs go here")
@@ -74,16 +76,27 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
         watcher = await ScoreWatcher(broker.bootstrap, topics["customer-scores"]).start()
         try:
             samples: list[tuple[float, float, int]] = [(0.0, 0.0, rss_before)]
-            thr = await measure.throughput(worker, watcher, broker.bootstrap, topics, workload, args.quiet_timeout, broker.process.pid, samples)
+            thr = await measure.throughput(
+                worker, watcher, broker.bootstrap, topics, workload, args.quiet_timeout, broker.process.pid, samples
+            )
             mem = await measure.memory(worker, rss_before, workload.distinct_customers(), samples)
             rate = thr["events_per_s"] / 2
-            lat = await measure.latency(worker, watcher, broker.bootstrap, topics, workload, rate, args.latency_seconds, args.quiet_timeout)
+            lat = await measure.latency(
+                worker, watcher, broker.bootstrap, topics, workload, rate, args.latency_seconds, args.quiet_timeout
+            )
         finally:
             await watcher.stop()
         refits = worker.metric("clv_model_refits_total")
         worker.stop()
         say("worker stopped; running the ceiling on the same input topics")
-        result["worker"] = {"pid": worker.pid, "ready_s": round(ready_s, 3), "throughput": thr, "memory": mem, "latency": lat, "background_refits": refits}
+        result["worker"] = {
+            "pid": worker.pid,
+            "ready_s": round(ready_s, 3),
+            "throughput": thr,
+            "memory": mem,
+            "latency": lat,
+            "background_refits": refits,
+        }
         roles = {topics[role]: role for role in INPUT_ROLES}
         out_topic = f"bench-{run_id}-ceiling-out"
         await create_topic(broker.bootstrap, out_topic, PARTITIONS)
@@ -105,7 +118,11 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
 def host_info() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "streamer"], capture_output=True, text=True).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "streamer"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     return {

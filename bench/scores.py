@@ -45,8 +45,10 @@ class ScoreWatcher:
         self.records = 0
         self.event_scores = 0
         self.timer_scores = 0
-        self.first_at: float | None = None  # monotonic time the first / latest event score was seen
-        self.last_at: float | None = None
+        #: Record timestamps (epoch ms, set by the worker's producer) of the earliest and latest
+        #: event scores: when the worker published them, whenever this consumer got them.
+        self.first_ts_ms: int | None = None
+        self.last_ts_ms: int | None = None
         #: event id -> (epoch s, record timestamp ms) of its send; scores of these are timed.
         self.sent: dict[str, tuple[float, int]] = {}
         #: (sent at, sent -> this consumer saw the score, input record timestamp -> score
@@ -56,10 +58,14 @@ class ScoreWatcher:
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10, max_partition_fetch_bytes=4 * 1024 * 1024
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
         )
 
-    async def start(self) -> "ScoreWatcher":
+    async def start(self) -> ScoreWatcher:
         await self.consumer.start()
         partitions = self.consumer.partitions_for_topic(self.topic)
         for _ in range(100):
@@ -103,7 +109,7 @@ class ScoreWatcher:
     async def _consume(self) -> None:
         while True:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=10_000)
-            seen_epoch, seen_mono = time.time(), time.monotonic()
+            seen_epoch = time.time()
             for tp, messages in batches.items():
                 if messages:
                     self.next_offsets[tp] = messages[-1].offset + 1
@@ -115,9 +121,11 @@ class ScoreWatcher:
                         self.timer_scores += 1
                         continue
                     self.event_scores += 1
-                    if self.first_at is None:
-                        self.first_at = seen_mono
-                    self.last_at = seen_mono
+                    ts = message.timestamp
+                    if self.first_ts_ms is None or ts < self.first_ts_ms:
+                        self.first_ts_ms = ts
+                    if self.last_ts_ms is None or ts > self.last_ts_ms:
+                        self.last_ts_ms = ts
                     if self.sent:
                         self._time(message, seen_epoch)
 
@@ -157,9 +165,13 @@ class ScoreWatcher:
                 if self.records - records_at_restart > TRICKLE:
                     restarts = 0  # the last restart helped
                 if restarts >= max_restarts:
-                    say(f"{label}: {restarts} consumer restarts brought nothing more at {self.event_scores:,}/{target:,}; giving up on the scores topic")
+                    say(
+                        f"{label}: {restarts} consumer restarts brought nothing more at {self.event_scores:,}/{target:,}; giving up on the scores topic"
+                    )
                     return False
-                say(f"{label}: no record for {restart_after_s:.0f}s at {self.event_scores:,}/{target:,}; restarting the scores consumer at its offsets")
+                say(
+                    f"{label}: no record for {restart_after_s:.0f}s at {self.event_scores:,}/{target:,}; restarting the scores consumer at its offsets"
+                )
                 await self.restart()
                 restarts, records_at_restart = restarts + 1, self.records
                 last_record_at = time.monotonic()

@@ -86,7 +86,11 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamer", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [sys.executable, "-m", "streamer", "worker"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
 
     def check_alive(self) -> None:
