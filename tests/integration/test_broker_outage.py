@@ -1,9 +1,11 @@
 """The broker goes away: absent when the worker starts, or restarted under a running worker.
 
 Each test runs its own embedded broker (not the session one) on a fixed port, so it can be
-stopped and started again on the same address. Tansu keeps everything in memory: a restarted
-broker has no topics, no committed offsets and no changelog. A worker that was running keeps
-its state in its own (memory) table, so it can resume — if its topics are there again.
+stopped and started again on the same address. By default Tansu keeps everything in memory: a
+restarted broker has no topics, no committed offsets and no changelog. A worker that was
+running keeps its state in its own (memory) table, so it can resume — if its topics are there
+again. Section (c) gives the broker S3 storage (a local moto server) instead, so a broker
+killed mid-stream comes back with everything it had acknowledged.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from streamer import settings as settings_module
 from streamer.broker import EmbeddedBroker, free_port
 from streamer.topics import ensure_topics
 from tests.integration.conftest import Worker, worker_env
 from tests.integration.kafka_helpers import Kafka, cloudevent, partition_count, partition_of
+from tests.integration.object_store import ObjectStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -296,4 +300,103 @@ async def test_worker_recreates_its_topics_after_a_broker_restart(brokers, worke
     assert counts == {role: PARTITIONS for role in counts} and not missing, (
         f"partitions after the restart: {counts}; {len(missing)} of {len(ids)} events never processed "
         f"(on partitions {sorted(lost_partitions)}); /readyz {ready}"
+    )
+
+
+# -- (c) the broker is killed mid-stream and comes back with its data -----------------------
+
+
+@pytest.fixture
+def object_store(tmp_path: Path) -> Iterator[ObjectStore]:
+    with ObjectStore(log_path=tmp_path / "object-store.log") as store:
+        yield store
+
+
+def start_kept_broker(brokers: list[EmbeddedBroker], port: int, tmp_path: Path, store: ObjectStore) -> EmbeddedBroker:
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / f"tansu-{len(brokers)}.log", storage=store.storage, env=store.broker_env)
+    brokers.append(broker)
+    return broker.start()
+
+
+ROLES = (("orders", order, "e"), ("email-events", email, "m"), ("community-events", review, "r"))
+
+
+async def publish_acknowledged(kafka: Kafka, topics: dict[str, str], rounds: range, acked: set[str]) -> None:
+    """Publish rounds of events, adding to ``acked`` the id of each one the broker acknowledged.
+    A send that fails during the outage is not acknowledged (it may still have landed)."""
+    for n in rounds:
+        for customer in CUSTOMERS:
+            for role, make, letter in ROLES:
+                try:
+                    await kafka.send(topics[role], role, customer.encode(), make(customer, n))
+                except KafkaError:
+                    continue
+                acked.add(f"{customer}-{letter}{n}")
+            await asyncio.sleep(0.05)  # spread the traffic so the broker dies mid-stream
+
+
+def scored_orders(kafka: Kafka, scores_topic: str) -> dict[str, set[int]]:
+    """customer -> the order numbers that caused a score update (distinct)."""
+    orders: dict[str, set[int]] = {}
+    for event_id in scored(kafka, scores_topic):
+        customer, _, tail = event_id.rpartition("-")
+        if tail.startswith("e"):
+            orders.setdefault(customer, set()).add(int(tail[1:]))
+    return orders
+
+
+def expected_inputs(orders: dict[str, set[int]]) -> dict[str, tuple[int, float]]:
+    """(orders, revenue) a customer has when each order n (total 10 × (n + 1)) counts once."""
+    return {c: (len(ns), pytest.approx(sum(10.0 * (n + 1) for n in ns))) for c, ns in orders.items()}
+
+
+async def test_broker_killed_mid_stream_loses_nothing_it_acknowledged(brokers, workers, object_store: ObjectStore, port: int, tmp_path: Path) -> None:
+    """The broker is SIGKILLed while events flow and comes back 8 s later with its data (S3
+    storage). Every event it had acknowledged is scored, none twice, by the same worker process;
+    then the worker is SIGKILLed too, and a new one recovers its state from the changelog and
+    offsets the broker kept, and continues from them."""
+    start_kept_broker(brokers, port, tmp_path, object_store)
+    worker = new_worker(workers, port, tmp_path)
+    worker.start()
+    pid, topics = worker.process.pid, worker.topics
+    scores = topics["customer-scores"]
+    acked: set[str] = set()
+    async with Kafka(worker.bootstrap, [scores]) as kafka:
+        publishing = asyncio.create_task(publish_acknowledged(kafka, topics, range(6), acked))
+        while len(acked) < 2 * 3 * len(CUSTOMERS):  # two rounds in
+            await asyncio.sleep(0.05)
+        stored_before = object_store.object_count()
+        brokers[-1].stop(kill=True)
+        acked_at_kill = len(acked)
+        during = await asyncio.to_thread(sample, f"{worker.url}/readyz", 8.0)
+        start_kept_broker(brokers, port, tmp_path, object_store)
+        await publishing
+        missing = await wait_scored(kafka, scores, acked, 120)
+        await kafka.settle(quiet_s=2.0)
+        orders = scored_orders(kafka, scores)
+        inputs = last_inputs(kafka, scores)
+    assert stored_before > 0, "the broker stored nothing in the object store"
+    assert worker.process.poll() is None and worker.process.pid == pid, worker.log_tail()
+    assert any(status != 200 for _, status in during), f"/readyz while the broker was dead: {during}"
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged events never scored, e.g. {sorted(missing)[:6]}"
+    # Each order counted exactly once: the state's order count and revenue are those of the
+    # distinct orders scored, and every acknowledged order is among them.
+    assert inputs == expected_inputs(orders)
+    assert all(orders[c] >= {int(i.rpartition("-e")[2]) for i in acked if i.startswith(f"{c}-e")} for c in CUSTOMERS)
+
+    # The worker dies too: a new process must find state and offsets where the broker kept them.
+    worker.stop(kill=True)
+    worker.start(timeout_s=90)
+    async with Kafka(worker.bootstrap, [scores]) as kafka:
+        more: set[str] = set()
+        await publish_acknowledged(kafka, topics, range(6, 7), more)
+        assert not await wait_scored(kafka, scores, more, 90)
+        await kafka.settle(quiet_s=2.0)
+        after = last_inputs(kafka, scores)
+        orders_after = scored_orders(kafka, scores)
+    assert orders_after == {c: orders[c] | {6} for c in CUSTOMERS}
+    assert after == expected_inputs(orders_after)
+    print(
+        f"\n{len(acked)} events acknowledged ({acked_at_kill} before the kill), all scored once; "
+        f"/readyz while dead: {sorted({s for _, s in during}, key=str)}; {stored_before} objects stored before the kill"
     )
