@@ -71,6 +71,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
     "PRODUCER_LINGER_MS": ("5", "Producer linger: how long sends wait to batch."),
+    "CONSUMER_FETCH_MAX_WAIT_MS": ("100", "Longest a fetch waits for new input records (Faust's own is 1500); bounds the input hop's latency on a broker that does not answer a waiting fetch early."),
 }
 
 
@@ -122,6 +123,7 @@ class Settings:
     rebalance_timeout: float
     linger_ms: int
     model_refit_seconds: float
+    fetch_max_wait_ms: int = 100
     clock: str = "event"
     clock_tick_seconds: float = 1.0
     limits: Limits = field(default_factory=Limits)
@@ -210,6 +212,7 @@ def load() -> Settings:
         heartbeat_interval=_number("CONSUMER_HEARTBEAT_INTERVAL", float, 0.1),
         rebalance_timeout=_number("CONSUMER_REBALANCE_TIMEOUT", float, 1),
         linger_ms=int(_number("PRODUCER_LINGER_MS", int, 0)),
+        fetch_max_wait_ms=int(_number("CONSUMER_FETCH_MAX_WAIT_MS", int, 1)),
         model_refit_seconds=_number("MODEL_REFIT_SECONDS", float, 1),
         limits=Limits(
             max_event_bytes=int(_number("MAX_EVENT_BYTES", int, 256)),

@@ -508,6 +508,42 @@ def _alive_expectation(params: BGNBDParams, t: ArrayLike, x: ArrayLike, T: Array
     return np.where(t > 0, np.clip(value, 0.0, None), 0.0).reshape(shape)
 
 
+def _alive_expectation_hyp_scalar(r: float, alpha: float, a: float, b: float, t: float, x: float, T: float) -> float:
+    c = a + b + x - 1.0
+    log_ratio = math.log(alpha + T) - math.log(alpha + T + t)
+    z = t / (alpha + T + t)
+    f = float(special.hyp2f1(a + b - 1.0 - r, a - 1.0, c, z))
+    try:
+        return c / (a - 1.0) * (1.0 - math.exp((a - 1.0) * log_ratio) * f)
+    except OverflowError:
+        return math.inf  # recomputed by quadrature below
+
+
+def alive_expectation_scalar(params: BGNBDParams, t: float, x: float, T: float) -> float:
+    """:func:`_alive_expectation` for one (t, x, T), in plain floats.
+
+    The same formula, interpolation at a = 1 and quadrature fallback; one customer's score
+    update needs it at a handful of horizons, where numpy's per-call overhead (~120 µs a call,
+    measured) is most of the cost and a scalar ₂F₁ is ~1.5 µs. Agrees with the array version
+    to ~1e-11 relative (math vs numpy logarithms, amplified by the interpolation at a = 1;
+    tests/unit/test_btyd.py).
+    """
+    if t <= 0:
+        return 0.0
+    r, alpha, a, b = params.as_tuple()
+    if abs(a - 1.0) < 1e-6:
+        h = 1e-4
+        below = _alive_expectation_hyp_scalar(r, alpha, 1.0 - h, b, t, x, T)
+        above = _alive_expectation_hyp_scalar(r, alpha, 1.0 + h, b, t, x, T)
+        value = below + (a - (1.0 - h)) / (2.0 * h) * (above - below)
+    else:
+        value = _alive_expectation_hyp_scalar(r, alpha, a, b, t, x, T)
+    upper = (r + x) * t / (alpha + T)
+    if not math.isfinite(value) or value < -1e-12 * (1.0 + upper) or value > upper * (1.0 + 1e-9) + 1e-12:
+        value = _alive_expectation_quad(r, alpha, a, b, t, x, T)
+    return max(value, 0.0)
+
+
 def expected_purchases(
     params: BGNBDParams, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
 ) -> float | Array:

@@ -109,7 +109,7 @@ class BTYDScorer:
         self.model = model or PopulationModel()
         self._last: tuple[Features, float | None, dict[str, float], dict[str, float], PopulationModel] | None = None
         #: A second horizon computed with every score (the online learners' label horizon, set
-        #: by ``LearnedScorer``), so their inputs come from the same vectorised call.
+        #: by ``LearnedScorer``), so their inputs come from the same call.
         self.extra_horizon: float | None = None
 
     @property
@@ -125,9 +125,9 @@ class BTYDScorer:
         """The scores, and (p_alive, expected_purchases, p_no_purchase) over ``extra_horizon``.
 
         The same formulas as :mod:`streamer.models.btyd` (FHL05 eqs. 10 and 13, Gamma-Gamma,
-        the stepwise discounted CLV of ``btyd.discounted_clv``), evaluated with one vectorised
-        ₂F₁ call for every horizon a score update needs: per-event cost is dominated by numpy's
-        per-call overhead, not arithmetic. The last result is kept for the online learners,
+        the stepwise discounted CLV of ``btyd.discounted_clv``), in plain floats with one
+        scalar ₂F₁ per horizon a score update needs (``btyd.alive_expectation_scalar``): for one
+        customer, numpy's per-call overhead costs more than the arithmetic. The last result is kept for the online learners,
         which ask for the same customer right after (see ``LearnedScorer.inputs``).
         """
         last = self._last
@@ -139,7 +139,7 @@ class BTYDScorer:
         h = self.horizon_days
         steps = [h * k / DISCOUNT_STEPS for k in range(1, DISCOUNT_STEPS + 1)]
         horizons = steps + ([extra_horizon] if extra_horizon is not None else [])
-        expectations = btyd._alive_expectation(bg, np.array(horizons), np.full(len(horizons), x), np.full(len(horizons), T))
+        expectations = [btyd.alive_expectation_scalar(bg, horizon, x, T) for horizon in horizons]
         alive = _p_alive(bg, x, t_x, T)
 
         def silent(t: float) -> float:

@@ -37,6 +37,7 @@ class StreamerApp(faust.App):
     before_commit: list[Callable[[], Awaitable[Any]]]
     #: aiokafka options (TLS, SASL) for the extra clients the shell opens.
     kafka_options: dict[str, Any]
+    fetch_max_wait_ms: int
 
     def _new_transport(self) -> Any:
         return transport_for(self)
@@ -68,3 +69,4 @@ app = StreamerApp(
 )
 app.before_commit = []
 app.kafka_options = settings.security.client_options()
+app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # see recovery.StreamerConsumerThread

@@ -73,8 +73,28 @@ async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int], **client
     return ends
 
 
+class StreamerConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the fetch wait from the settings.
+
+    Faust fixes ``fetch_max_wait_ms`` at 1500. A broker that answers a waiting fetch only when
+    the wait is over (the embedded one does) then holds every input record up to 1.5 s before
+    the worker sees it; Apache Kafka answers as soon as data arrives, so a shorter wait only
+    adds idle fetches there.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if fetch_max_wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(fetch_max_wait_ms)  # read when the consumer starts its fetcher
+        return consumer
+
+
 class EndProbingConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer, with high watermarks checked by reading past them."""
+
+    def _new_consumer_thread(self) -> StreamerConsumerThread:
+        return StreamerConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         reported = await super().highwaters(*partitions)

@@ -516,3 +516,20 @@ def test_cdnow_holdout_baseline(cal, holdout, fitted):
     assert auc == pytest.approx(0.757, abs=0.005)
     # ranking "≥ 1 purchase" by 1 − P(none) is the same AUC
     assert roc_auc(holdout > 0, 1 - none) == pytest.approx(auc)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [PUBLISHED, BGNBDParams(2.0, 10.0, 3.0, 5.0), BGNBDParams(0.05, 0.1, 8.0, 0.3), BGNBDParams(5.0, 1.0, 0.1, 50.0), BGNBDParams(0.5, 10.0, 1.0, 2.0)],
+)
+def test_scalar_expectation_equals_the_array_version(params):
+    # The scorer's per-customer path (plain floats) against the vectorised one, over random
+    # and extreme inputs, including the quadrature fallback and a = 1.
+    rng = np.random.default_rng(11)
+    t = np.concatenate([rng.uniform(0.0, 400.0, 300), [0.0, 1e-3, 1e3, 1e5, 1e6, 3e5]])
+    x = np.concatenate([rng.integers(0, 40, 300).astype(float), [3.0, 3.0, 500.0, 5000.0, 0.0, 10000.0]])
+    T = np.concatenate([rng.uniform(0.0, 700.0, 300), [10.0, 10.0, 1e4, 1e5, 0.0, 1e5]])
+    vectorised = btyd._alive_expectation(params, t, x, T)
+    scalar = [btyd.alive_expectation_scalar(params, *map(float, v)) for v in zip(t, x, T)]
+    assert all(isinstance(v, float) for v in scalar)
+    np.testing.assert_allclose(scalar, vectorised, rtol=1e-9, atol=1e-300)
