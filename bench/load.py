@@ -15,11 +15,13 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.progress import say
+from streamer.core.outputs import rfc3339
 from streamer.simulator import ShopSimulator
 
 Rec = tuple[str, bytes, bytes]  # (topic role, key = customer id, value = CloudEvent JSON)
 
-#: Event time kept free after the main load for the latency phase's continuation events.
+#: Simulated days after the main load that the latency phase's continuation events may come
+#: from (they are sent stamped with the moment of sending, see ``publish_paced``).
 LATENCY_RESERVE_DAYS = 120
 
 
@@ -60,17 +62,18 @@ class Workload:
 
 def generate(customers: int, days: float, acquisition_days: float, seed: int = 7) -> Workload:
     """Simulate ``days`` of a shop whose ``customers`` place their first order within the
-    first ``acquisition_days``; the main load ends LATENCY_RESERVE_DAYS + 1 days before today."""
+    first ``acquisition_days``; the main load ends a day before today, so the latency phase's
+    live events (stamped now) follow it closely in event time."""
     started = time.perf_counter()
     now = datetime.now(timezone.utc).replace(microsecond=0)
     # From midnight: the same arguments give the same events all day long.
-    start = now.replace(hour=0, minute=0, second=0) - timedelta(days=days + LATENCY_RESERVE_DAYS + 1)
+    start = now.replace(hour=0, minute=0, second=0) - timedelta(days=days + 1)
     sim = ShopSimulator(customers, start, seed=seed, acquisition_days=min(acquisition_days, days))
     until = start + timedelta(days=days)
     main = list(sim.raw_events(until=until))
     elapsed = time.perf_counter() - started
     say(f"generated {len(main):,} events for {customers:,} customers ({days:g} days simulated) in {elapsed:.1f}s")
-    return Workload(customers, days, acquisition_days, seed, main, elapsed, sim, until, now - timedelta(hours=1))
+    return Workload(customers, days, acquisition_days, seed, main, elapsed, sim, until, until + timedelta(days=LATENCY_RESERVE_DAYS))
 
 
 def event_id(value: bytes) -> str:
@@ -117,10 +120,14 @@ async def publish_paced(
     rate: float,
     on_send: Callable[[int, float], None],
     tick_s: float = 0.005,
+    live: bool = False,
 ) -> float:
     """Offer ``records`` at ``rate`` events/s (catching up if a tick runs late); ``on_send(index,
     epoch s)`` is called just before each send, whose record timestamp is that same moment.
-    Returns the seconds the offering took."""
+    ``live``: each event's CloudEvents ``time`` is also set to that moment, as a live producer
+    would send it (the ids, keys and data stay the simulator's). Returns the seconds the
+    offering took."""
+    docs = [orjson.loads(value) for _, _, value in records] if live else None
     started = time.monotonic()
     sent = 0
     futures = []
@@ -129,6 +136,9 @@ async def publish_paced(
         while sent < due:
             role, key, value = records[sent]
             now = time.time()
+            if docs is not None:
+                docs[sent]["time"] = rfc3339(now)
+                value = orjson.dumps(docs[sent])
             on_send(sent, now)
             futures.append(await producer.send(topics[role], value=value, key=key, timestamp_ms=int(now * 1000)))
             sent += 1

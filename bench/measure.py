@@ -14,6 +14,8 @@ from bench.worker import WorkerProcess, cpu_seconds
 
 #: The worker's own histogram: a record reached the agent -> its score update acknowledged.
 AGENT_LATENCY = "clv_processing_latency_seconds"
+#: Seconds of offered load sent (untimed) before the latency phase, to bring event time to now.
+WARMUP_S = 3.0
 
 
 async def throughput(
@@ -207,21 +209,35 @@ async def latency(
 ) -> dict[str, Any]:
     """Offer new events of the same customers at ``rate`` for ``seconds``; time each one from
     its send to the moment the score it caused is seen on the scores topic (and, second
-    figure, from the input record's timestamp to the score record's)."""
-    records = workload.more(max(1, int(rate * seconds)))
-    ids = [event_id(value) for _, _, value in records]
-    say(f"latency: offering {len(records):,} events at {rate:,.0f} events/s")
-    base, base_timers = watcher.event_scores, watcher.timer_scores
-    timed_from = len(watcher.timings)
-    agent_before = worker.histogram(AGENT_LATENCY)
+    figure, from the input record's timestamp to the score record's).
 
-    def on_send(i: int, now: float) -> None:
-        watcher.sent[ids[i]] = (now, int(now * 1000))
-
+    The events are live: stamped with the moment they are sent, so event time moves at wall
+    speed and timers fall due at their real rate. (Sent with their simulated times, 30 s of
+    offering covered ~3 simulated days, whose timers all fired within those 30 s: ~10,000x
+    the real rate.) A warm-up of ``WARMUP_S`` worth of events first moves every partition's
+    clock from the end of the main load to now, and the timers due in that gap fire there,
+    untimed; the phase starts once the worker is quiet."""
+    warmup = workload.more(max(1, int(rate * WARMUP_S)))
+    records = workload.more(len(warmup) + max(1, int(rate * seconds)))[len(warmup):]
     producer = new_producer(bootstrap, linger_ms=0)
     await producer.start()
     try:
-        offered_s = await publish_paced(producer, topics, records, rate, on_send)
+        base = watcher.event_scores
+        await publish_paced(producer, topics, warmup, rate, lambda i, now: None, live=True)
+        await watcher.wait_for(base + len(warmup), worker.check_alive, quiet_s, "latency warm-up")
+        timers_in_warmup = await wait_quiet(watcher, base_timers=watcher.timer_scores, quiet_s=2.0, timeout_s=quiet_s * 4)
+        say(f"latency: warm-up of {len(warmup):,} live events done ({timers_in_warmup:,} timer scores since the main load)")
+
+        ids = [event_id(value) for _, _, value in records]
+        say(f"latency: offering {len(records):,} live events at {rate:,.0f} events/s")
+        base, base_timers = watcher.event_scores, watcher.timer_scores
+        timed_from = len(watcher.timings)
+        agent_before = worker.histogram(AGENT_LATENCY)
+
+        def on_send(i: int, now: float) -> None:
+            watcher.sent[ids[i]] = (now, int(now * 1000))
+
+        offered_s = await publish_paced(producer, topics, records, rate, on_send, live=True)
     finally:
         await producer.stop()
     await watcher.wait_for(base + len(records), worker.check_alive, quiet_s, "latency")
@@ -239,6 +255,8 @@ async def latency(
         "matched": len(e2e),
         "missing": len(records) - len(e2e),
         "timer_scores": watcher.timer_scores - base_timers,
+        "warmup_events": len(warmup),
+        "warmup_timer_scores": timers_in_warmup,
         "scores_consumer_restarts": watcher.restarts,
         "e2e_p50_ms": _round(percentile(e2e, 50)),
         "e2e_p99_ms": _round(percentile(e2e, 99)),
@@ -259,6 +277,20 @@ async def latency(
         f"latency: {len(e2e):,}/{len(records):,} matched, p50 {result['e2e_p50_ms']} ms, p99 {result['e2e_p99_ms']} ms (send -> score seen)"
     )
     return result
+
+
+async def wait_quiet(watcher: ScoreWatcher, base_timers: int, quiet_s: float, timeout_s: float) -> int:
+    """Wait until no score record arrived for ``quiet_s`` (or ``timeout_s``); returns the timer
+    scores seen since ``base_timers``."""
+    deadline = time.monotonic() + timeout_s
+    last, last_change = watcher.records, time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if watcher.records != last:
+            last, last_change = watcher.records, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            break
+    return watcher.timer_scores - base_timers
 
 
 def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[int, float | str | None]:
