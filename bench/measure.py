@@ -222,10 +222,10 @@ async def latency(
     producer = new_producer(bootstrap, linger_ms=0)
     await producer.start()
     try:
-        base = watcher.event_scores
+        base, base_timers = watcher.event_scores, watcher.timer_scores
         await publish_paced(producer, topics, warmup, rate, lambda i, now: None, live=True)
         await watcher.wait_for(base + len(warmup), worker.check_alive, quiet_s, "latency warm-up")
-        timers_in_warmup = await wait_quiet(watcher, base_timers=watcher.timer_scores, quiet_s=2.0, timeout_s=quiet_s * 4)
+        timers_in_warmup = await wait_quiet(watcher, base_timers=base_timers, quiet_s=2.0, timeout_s=quiet_s * 4)
         say(f"latency: warm-up of {len(warmup):,} live events done ({timers_in_warmup:,} timer scores since the main load)")
 
         ids = [event_id(value) for _, _, value in records]

@@ -71,6 +71,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
     "PRODUCER_LINGER_MS": ("5", "Producer linger: how long sends wait to batch."),
+    "EVENT_LOOP": ("uvloop", "The worker's asyncio event loop: `uvloop` (faster) or `asyncio` (the standard one)."),
     "CONSUMER_FETCH_MAX_WAIT_MS": ("100", "Longest a fetch waits for new input records (Faust's own is 1500); bounds the input hop's latency on a broker that does not answer a waiting fetch early."),
 }
 
@@ -124,6 +125,7 @@ class Settings:
     linger_ms: int
     model_refit_seconds: float
     fetch_max_wait_ms: int = 100
+    event_loop: str = "uvloop"
     clock: str = "event"
     clock_tick_seconds: float = 1.0
     limits: Limits = field(default_factory=Limits)
@@ -193,6 +195,9 @@ def load() -> Settings:
     clock = _env("CLOCK").lower()
     if clock not in ("event", "wall"):
         raise ConfigError(f"CLOCK={clock!r}: use 'event' or 'wall'")
+    event_loop = _env("EVENT_LOOP").lower()
+    if event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(f"EVENT_LOOP={event_loop!r}: use 'uvloop' or 'asyncio'")
     return Settings(
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP"),
         security=kafka_security.from_env(_env),
@@ -213,6 +218,7 @@ def load() -> Settings:
         rebalance_timeout=_number("CONSUMER_REBALANCE_TIMEOUT", float, 1),
         linger_ms=int(_number("PRODUCER_LINGER_MS", int, 0)),
         fetch_max_wait_ms=int(_number("CONSUMER_FETCH_MAX_WAIT_MS", int, 1)),
+        event_loop=event_loop,
         model_refit_seconds=_number("MODEL_REFIT_SECONDS", float, 1),
         limits=Limits(
             max_event_bytes=int(_number("MAX_EVENT_BYTES", int, 256)),

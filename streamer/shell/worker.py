@@ -40,6 +40,12 @@ async def wait_for_broker(settings: Any) -> list[str]:
 def run() -> None:
     from streamer.shell.app import app, settings
 
+    if settings.event_loop == "uvloop":
+        # Faust reads `-L uvloop` from argv when faust is first imported, which has happened by
+        # now; this is what that option does (sets uvloop's event loop policy).
+        import mode.loop
+
+        mode.loop.use("uvloop")
     asyncio.run(wait_for_broker(settings))
     from streamer.shell import agents, web  # noqa: F401  (registers agents, tables, pages)
 
