@@ -7,6 +7,7 @@ out-of-order events then need no special handling, and redelivered events change
 
 from __future__ import annotations
 
+import math
 import sys
 
 from dataclasses import asdict, dataclass, field
@@ -195,7 +196,7 @@ def _fold_oldest(state: CustomerState) -> None:
 def net_of_refunds(order: list[float], refunds: dict[str, float]) -> tuple[float, float]:
     """(total, margin) of an order after its refunds; margin shrinks in proportion."""
     total = order[O_TOTAL]
-    refunded = min(sum(refunds.values()), total) if refunds else 0.0
+    refunded = min(math.fsum(refunds.values()), total) if refunds else 0.0  # exact: any order
     if total <= 0:
         return total, order[O_MARGIN]
     share = (total - refunded) / total
