@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quiet-timeout", type=float, default=30, help="give a phase up after this many seconds without progress")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--store", choices=("memory", "rocksdb"), default="memory", help="the worker's state store (default memory)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="JSON and logs go here")
     return p.parse_args(argv)
 
@@ -66,7 +67,7 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
     result: dict[str, Any] = {"run": index + 1, "run_id": run_id}
     try:
         broker.start()
-        worker = WorkerProcess(run_id, broker.bootstrap, logdir / f"run{index + 1}-worker")
+        worker = WorkerProcess(run_id, broker.bootstrap, logdir / f"run{index + 1}-worker", args.store)
         started.append(worker)
         worker.start()
         ready_s = worker.wait_ready()

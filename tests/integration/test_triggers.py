@@ -20,6 +20,7 @@ from streamer.core.config import DAY, Limits
 from streamer.core.engine import DictStore, Engine, Record
 from tests.integration.conftest import worker_env
 from tests.integration.kafka_helpers import Kafka, cloudevent, partition_of
+from tests.integration.test_rebalance import partitions_seen
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +211,44 @@ async def test_wall_clock_fires_a_trigger_with_no_event(make_worker, broker: str
     # No other event was sent: the wall clock fired it, on time (tick 0.2 s, plus producing).
     assert ordered_at + step_s <= arrived < ordered_at + step_s + 5.0
     assert 'clv_timers_fired_total 1.0' in worker.metrics()
+
+
+async def test_a_timer_moves_with_its_partition_when_the_owner_is_killed(make_worker, broker: str, tmp_path: Path) -> None:
+    """Two workers; the one that owns anna's partition is SIGKILLed while her onboarding step
+    waits. The survivor takes the partition over, rebuilds its due-queue from the recovered
+    table, and fires every step once, at its moment — the same triggers as the pure core."""
+    env = worker_env(partitions=PARTITIONS, STORE="rocksdb", DATA_DIR=str(tmp_path / "data"))
+    workers = [make_worker({**env, "DATA_DIR": str(tmp_path / f"data{n}")}) for n in range(2)]
+    topics = {**workers[0].topics, "campaign-triggers": env["TOPIC_TRIGGERS"]}
+    before = [order(ANNA, 0, "A1"), order(CLOCK0, 2, "K1")]
+    after = [order(CLOCK0, 20, "K2")]
+    anna_partition = partition_of(ANNA, PARTITIONS)
+    async with Kafka(broker, [topics["customer-scores"], topics["campaign-triggers"]]) as kafka:
+        sent = await publish_in_order(kafka, topics, before)
+        owners = [w for w in workers if anna_partition in partitions_seen(w)]
+        assert len(owners) == 1, f"partition {anna_partition} seen on {len(owners)} workers"
+        owner, survivor = owners[0], next(w for w in workers if w is not owners[0])
+        ends: dict[tuple[str, int], int] = {}
+        for record in sent:
+            ends[(record.topic, record.partition)] = max(ends.get((record.topic, record.partition), 0), record.offset + 1)
+        await committed_everything(broker, env["STREAMER_APP_ID"], ends)
+        owner.stop(kill=True)  # SIGKILL while anna's step-2 timer waits
+        # Scored only once the survivor has taken the partition over (session timeout 6 s,
+        # then recovery); publish_in_order waits up to 60 s for it.
+        sent += await publish_in_order(kafka, topics, after)
+        await kafka.settle(quiet_s=2.0)
+        outputs = list(kafka.outputs)
+    assert anna_partition in partitions_seen(survivor)
+    actual = [t for t in triggers_of(outputs, topics["campaign-triggers"]) if t[0] == ANNA]
+    day = lambda d: iso(T0 + d * DAY)  # noqa: E731
+    assert actual == [
+        (ANNA, "onboarding", 1, day(0)),
+        (ANNA, "onboarding", 2, day(3)),
+        (ANNA, "onboarding", 3, day(7)),
+        (ANNA, "onboarding", 4, day(14)),
+        (ANNA, "survey_request", None, day(14)),
+    ]
+    rules_path = tmp_path / "defaults.toml"
+    rules_path.write_text("")
+    assert triggers_of(outputs, topics["campaign-triggers"]) == core_replay(sent, rules_path, topics)
+
