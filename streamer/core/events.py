@@ -68,7 +68,7 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     if expected_role != topic_role:
         raise InvalidEvent("wrong_topic", f"{type_name!r} belongs on the {expected_role!r} topic, not {topic_role!r}")
 
-    error = contracts.first_error(doc)
+    error = contracts.first_error(doc, finite=True)  # parsed by orjson: no NaN or Infinity
     if error is not None:
         raise InvalidEvent("schema_violation", error)
 

@@ -88,12 +88,14 @@ class _FittedParams:
     NAMES: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        # Kept once: the scorer asks for the tuple several times per score update.
+        object.__setattr__(self, "_values", tuple(getattr(self, name) for name in self.NAMES))
         _check_positive(self.LABEL, **dict(zip(self.NAMES, self.as_tuple())))
         if not self.version:  # type: ignore[attr-defined]
             object.__setattr__(self, "version", _version(self.MODEL, self.as_tuple()))
 
     def as_tuple(self) -> tuple[float, ...]:
-        return tuple(getattr(self, name) for name in self.NAMES)
+        return self._values  # type: ignore[attr-defined, no-any-return]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (floats, int, str), small enough for a Kafka record."""
