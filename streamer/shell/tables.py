@@ -3,28 +3,68 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
 
 from streamer.core.state import CustomerState
 from streamer.shell.app import app, settings
 from streamer.shell.channels import inputs
+from streamer.shell.flush_marks import MARK_KEY, FlushMarks, mark_value
 
-customers = app.Table(
-    "customer-state",
-    partitions=settings.partitions,
-    # key_type/value_type bytes make the changelog codec "raw" (recovery decodes with it);
-    # the schema does the same for the table's own reads and writes.
-    key_type=bytes,
-    value_type=bytes,
-    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
-    help="CustomerState per customer id, JSON (orjson) encoded",
+log = logging.getLogger(__name__)
+
+
+class FlushMarkedTable(faust.Table):
+    """A Faust table whose changelog is read back in whole write-backs only.
+
+    Every write-back (:meth:`TableStore.flush`) ends with a flush mark per changelog partition;
+    recovery and standbys apply a write-back's records only when its mark is read, and drop
+    the records of a write-back a kill interrupted (see :mod:`streamer.shell.flush_marks`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.marks: FlushMarks[Any] = FlushMarks()
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        complete: list[Any] = []
+        for event in batch:
+            message = event.message
+            complete.extend(self.marks.take(message.partition, message.offset, message.key, message.value, event))
+        if complete:
+            super().apply_changelog_batch(complete)
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        # What is still held for an active partition is a write-back no mark completed: its
+        # writer was killed before it finished, so its inputs were not committed either and
+        # this worker processes them again. (A standby keeps reading; its mark may follow.)
+        dropped = self.marks.drop({tp.partition for tp in active_tps})
+        if dropped:
+            log.warning("dropped %d changelog records of a write-back that a stopped worker did not finish; their events are processed again", dropped)
+        await super().on_recovery_completed(active_tps, standby_tps)
+
+
+customers = app.tables.add(
+    FlushMarkedTable(
+        app,
+        name="customer-state",
+        partitions=settings.partitions,
+        beacon=app.tables.beacon,
+        # key_type/value_type bytes make the changelog codec "raw" (recovery decodes with it);
+        # the schema does the same for the table's own reads and writes.
+        key_type=bytes,
+        value_type=bytes,
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        help="CustomerState per customer id, JSON (orjson) encoded",
+    )
 )
 
 
@@ -33,11 +73,19 @@ class TableStore:
 
     A state change is kept here (readable at once) and reaches the table — the local store
     and the changelog — only in :meth:`flush`, which the consumer runs before every offset
-    commit (see ``recovery.StreamerConsumer``): first the outputs queued so far are
-    acknowledged by the broker, then the changed states are written and acknowledged, then
-    the offsets are committed. A worker killed at any point therefore either has a record's
-    state *and* its outputs, or re-reads the record and publishes its outputs again (with the
-    same deterministic ids) — never the state without the outputs. Writing back at commit
+    commit (see ``recovery.StreamerConsumer``):
+
+    1. the outputs queued so far are acknowledged by the broker;
+    2. the changed states are written to the changelog and acknowledged;
+    3. a flush mark per changelog partition closes the write-back (see
+       :mod:`streamer.shell.flush_marks`): a reader applies a write-back whole or not at all;
+    4. the local store takes the states (with RocksDB: then the offset of the mark, so a
+       restart reads the changelog from there);
+    5. the offsets are committed.
+
+    A worker killed at any point therefore either has a record's state *and* its outputs, or
+    re-reads the record and publishes its outputs again (with the same deterministic ids) —
+    never the state without the outputs, and never half a write-back. Writing back at commit
     also means one changelog record per changed customer per commit, however many events it
     had.
     """
@@ -62,31 +110,48 @@ class TableStore:
     def delete(self, customer: str, partition: int) -> None:
         self.pending[customer.encode()] = (partition, None)
 
+    def _send(self, partition: int, key: bytes, value: bytes | None) -> Awaitable[Any]:
+        """Queue one changelog record; the awaitable gives its metadata (``.offset``).
+
+        Not ``Table.send_changelog``: its callback records each record's offset as persisted
+        (RocksDB) as soon as it is acknowledged, before the write-back is whole.
+        """
+        return self.table.changelog_topic.send_soon(
+            key=key, value=value, partition=partition, key_serializer="raw", value_serializer="raw", eager_partitioning=True
+        )
+
     async def flush(self) -> int:
         """Write the states changed so far, after their outputs; returns how many."""
         async with self._lock:
             if not self.pending:
                 return 0
             changed, self.pending = self.pending, {}
-            self.flushing = changed  # still readable while the outputs are awaited
+            self.flushing = changed  # still readable until they are in the table
             try:
                 await self.table.app.producer.flush()  # the outputs of these changes are acknowledged first
+                written = await asyncio.gather(*(self._send(partition, key, raw) for key, (partition, raw) in changed.items()))
+                first: dict[int, int] = {}
+                for (partition, _raw), meta in zip(changed.values(), written):
+                    first[partition] = min(meta.offset, first.get(partition, meta.offset))
+                marked = await asyncio.gather(*(self._send(p, MARK_KEY, mark_value(offset)) for p, offset in first.items()))
             except BaseException:
-                self.pending = {**changed, **self.pending}  # keep them for the next flush
+                # Whatever reached the changelog has no mark: readers drop it. Keep the changes
+                # for the next write-back (newer changes made meanwhile win).
+                self.pending = {**changed, **self.pending}
                 self.flushing = {}
                 raise
-            # No await from here to the changelog sends: each state moves from ``flushing``
-            # to the table with no reader in between.
-            sent = []
+            # No await from here on: each state moves from ``flushing`` to the table with no
+            # reader in between.
             for key, (partition, raw) in changed.items():
                 with partition_context(partition):
                     if raw is None:
                         self.table.data.pop(key, None)
                     else:
                         self.table.data[key] = raw
-                sent.append(self.table.send_changelog(partition, key, raw, value_serializer="raw"))
+            changelog = self.table.changelog_topic.get_topic_name()
+            for partition, meta in zip(first, marked):
+                self.table.data.set_persisted_offset(TP(changelog, partition), meta.offset)
             self.flushing = {}
-            await asyncio.gather(*sent)
             return len(changed)
 
 

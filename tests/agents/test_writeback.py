@@ -1,18 +1,24 @@
 """The state write-back: a change is readable at once, reaches the table and its changelog only
-at flush, and only after the outputs queued before it are acknowledged; a failed flush keeps
-the changes; the consumer runs the flush between choosing offsets and committing them."""
+at flush, and only after the outputs queued before it are acknowledged; each write-back ends
+with a flush mark per changelog partition, and the table reads back only marked write-backs; a
+failed flush keeps the changes; the consumer runs the flush between choosing offsets and
+committing them."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock
 
+import orjson
 import pytest
+from faust.types import TP
 
 from streamer.core.state import CustomerState
 from streamer.shell import recovery, tables
 from streamer.shell.app import app
+from streamer.shell.flush_marks import MARK_KEY, mark_value
 
 
 def state(customer: str, partition: int = 0, n: int = 1) -> CustomerState:
@@ -21,20 +27,26 @@ def state(customer: str, partition: int = 0, n: int = 1) -> CustomerState:
 
 @pytest.fixture
 def order(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Records, in order, the producer flushes and the changelog sends."""
+    """Records, in order, the producer flushes and the changelog sends (marks with their
+    first offset); each changelog partition's offsets count from 100."""
     seen: list[Any] = []
+    next_offset: dict[int, int] = {}
 
     async def flush() -> None:
         seen.append("outputs flushed")
 
-    def send_changelog(partition: int, key: bytes, value: bytes | None, **kw: Any) -> asyncio.Future:
-        seen.append(("changelog", partition, key, value is not None))
+    def send(self: Any, partition: int, key: bytes, value: bytes | None) -> asyncio.Future:
+        if key == MARK_KEY:
+            seen.append(("mark", partition, orjson.loads(value)["from"]))
+        else:
+            seen.append(("changelog", partition, key, value is not None))
+        offset = next_offset[partition] = next_offset.get(partition, 99) + 1
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        fut.set_result(SimpleNamespace(offset=offset))
         return fut
 
     monkeypatch.setattr(app.producer, "flush", flush)
-    monkeypatch.setattr(tables.customers, "send_changelog", send_changelog)
+    monkeypatch.setattr(tables.TableStore, "_send", send)
     return seen
 
 
@@ -46,13 +58,14 @@ async def test_changes_are_read_back_at_once_and_written_after_the_outputs(order
     assert len(store.get("a").orders) == 2 and tables.customers.get(b"a") is None
     assert await store.flush() == 2
     # One changelog record per changed customer, after the outputs were acknowledged.
-    assert order == ["outputs flushed", ("changelog", 1, b"a", True), ("changelog", 0, b"b", True)]
+    # A flush mark per partition closes the write-back, naming the offset it began at.
+    assert order == ["outputs flushed", ("changelog", 1, b"a", True), ("changelog", 0, b"b", True), ("mark", 1, 100), ("mark", 0, 100)]
     assert CustomerState.from_bytes(tables.customers.data[b"a"]).orders.keys() == {"o0", "o1"}
     assert not store.pending and await store.flush() == 0
     store.delete("b", 0)
     assert store.get("b") is None
     await store.flush()
-    assert b"b" not in tables.customers.data and order[-1] == ("changelog", 0, b"b", False)
+    assert b"b" not in tables.customers.data and order[-2:] == [("changelog", 0, b"b", False), ("mark", 0, 102)]
 
 
 async def test_a_failed_flush_keeps_the_changes(monkeypatch: pytest.MonkeyPatch, order: list[Any]) -> None:
@@ -94,3 +107,53 @@ async def test_the_consumer_flushes_between_choosing_and_committing_offsets(monk
     assert await recovery.StreamerConsumer._commit_tps(consumer, ["tp"], start_new_transaction=True)
     assert calls == ["choose", "hook", "attached", "commit {'tp': 5}"]
     assert tables.store.flush in app.before_commit
+
+
+async def test_a_failed_changelog_write_keeps_the_changes_and_writes_no_mark(monkeypatch: pytest.MonkeyPatch, order: list[Any]) -> None:
+    store = tables.TableStore(tables.customers)
+    store.put("e", state("e", 0))
+    store.put("f", state("f", 0))
+    real_send = tables.TableStore._send
+
+    def send_then_fail(self: Any, partition: int, key: bytes, value: bytes | None) -> Any:
+        if key == b"f":  # the broker stops answering halfway through the write-back
+            order.append(("changelog failed", key))
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(RuntimeError("broker gone"))
+            return fut
+        return real_send(self, partition, key, value)
+
+    monkeypatch.setattr(tables.TableStore, "_send", send_then_fail)
+    with pytest.raises(RuntimeError):
+        await store.flush()
+    assert not [o for o in order if o[0] == "mark"]  # readers will drop the half-written record of "e"
+    assert b"e" not in tables.customers.data and b"f" not in tables.customers.data
+    assert store.pending.keys() == {b"e", b"f"} and store.get("e") is not None
+    monkeypatch.setattr(tables.TableStore, "_send", real_send)
+    assert await store.flush() == 2  # the next write-back writes both, and marks them
+    assert order[-1][0] == "mark" and b"e" in tables.customers.data and b"f" in tables.customers.data
+
+
+def changelog_event(partition: int, offset: int, key: bytes, value: bytes | None) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(tp=TP("changelog", partition), partition=partition, offset=offset, key=key, value=value))
+
+
+async def test_the_table_reads_back_whole_write_backs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tables.customers
+    applied: list[tuple[int, bytes]] = []
+    # Faust's own parts stand in: what reaches the store, and the recovery callbacks.
+    monkeypatch.setattr(tables.faust.Table, "apply_changelog_batch", lambda self, batch: applied.extend((e.message.offset, e.message.key) for e in batch))
+    monkeypatch.setattr(tables.faust.Table, "on_recovery_completed", AsyncMock())
+    monkeypatch.setattr(table, "marks", tables.FlushMarks())
+    # Partition 0: a whole write-back, then one a kill interrupted, then the next owner's.
+    # Partition 1: a write-back whose mark is not in when recovery ends.
+    table.apply_changelog_batch([changelog_event(0, 10, b"a", b"1"), changelog_event(0, 11, b"b", b"1"), changelog_event(1, 5, b"c", b"1")])
+    assert applied == []  # nothing before its mark
+    table.apply_changelog_batch([changelog_event(0, 12, MARK_KEY, mark_value(10)), changelog_event(0, 13, b"a", b"2")])
+    assert applied == [(10, b"a"), (11, b"b")]
+    table.apply_changelog_batch([changelog_event(0, 14, b"b", b"2"), changelog_event(0, 15, MARK_KEY, mark_value(14))])
+    assert applied == [(10, b"a"), (11, b"b"), (14, b"b")]  # a@13 (the killed write-back) dropped
+    await table.on_recovery_completed({TP("changelog", 1)}, set())
+    table.apply_changelog_batch([changelog_event(1, 6, MARK_KEY, mark_value(6))])
+    assert applied == [(10, b"a"), (11, b"b"), (14, b"b")]  # c@5 was dropped at the end of recovery
+    assert table.marks.dropped == 2

@@ -51,7 +51,7 @@ async def test_killed_worker_publishes_exactly_what_an_uninterrupted_run_does(ma
         first.stop(kill=True)
         killed_at = len(kafka.outputs)
 
-        make_worker(env)
+        second = make_worker(env)
         remaining = set(event_ids)
 
         def all_scored(_o) -> bool:
@@ -61,7 +61,16 @@ async def test_killed_worker_publishes_exactly_what_an_uninterrupted_run_does(ma
             return not remaining
 
         all_scored.seen = 0
-        await kafka.wait_for(all_scored, timeout_s=240)
+        try:
+            await kafka.wait_for(all_scored, timeout_s=240)
+        except TimeoutError:
+            # Say what the restarted worker did, so a failure here can be told apart: not
+            # consuming, consuming without publishing, or publishing what the test missed.
+            counters = [line for line in second.metrics().splitlines() if line.startswith(("clv_events_", "clv_partition_event_time"))]
+            raise AssertionError(
+                f"{len(remaining)} of {len(event_ids)} orders never scored; {len(kafka.outputs) - killed_at} outputs since the kill;\n"
+                + "\n".join(counters) + "\n" + second.log_tail(30)
+            ) from None
         await kafka.settle(quiet_s=3.0)
         outputs = list(kafka.outputs)
 
