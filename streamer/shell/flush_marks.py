@@ -28,6 +28,12 @@ the same; the embedded broker rejects them.
 ['bob@13']
 >>> marks.dropped
 1
+>>> marks.take(0, 15, b"carol", b"v1", "carol@15")
+[]
+>>> marks.take(0, 15, b"carol", b"v1", "carol@15")  # read again (the partition came back)
+[]
+>>> marks.held[0]
+[(15, 'carol@15')]
 """
 
 from __future__ import annotations
@@ -69,11 +75,16 @@ class FlushMarks(Generic[T]):
     def take(self, partition: int, offset: int, key: bytes | None, value: bytes | None, record: T) -> list[T]:
         """Read one changelog record (``record`` stands for it); returns the records it
         releases, in log order. A mark itself is never returned."""
+        held = self.held.setdefault(partition, [])
+        if held and offset <= held[-1][0]:
+            # The partition is read again from an earlier offset (reassigned, recovery
+            # restarted): what was held from there on comes again.
+            held[:] = [(o, r) for o, r in held if o < offset]
         if key != MARK_KEY:
-            self.held.setdefault(partition, []).append((offset, record))
+            held.append((offset, record))
             return []
         first = mark_first_offset(value)
-        held = self.held.pop(partition, [])
+        del self.held[partition]
         released = [r for o, r in held if o >= first]
         self.dropped += len(held) - len(released)
         return released
