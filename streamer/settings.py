@@ -72,6 +72,8 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
     "PRODUCER_LINGER_MS": ("5", "Producer linger: how long sends wait to batch."),
     "EVENT_LOOP": ("uvloop", "The worker's asyncio event loop: `uvloop` (faster) or `asyncio` (the standard one)."),
+    "BATCH_MAX_EVENTS": ("256", "Most input records an agent takes at once (Faust `take_events`; acknowledged after the whole batch is processed, each record still on its own). 1: one at a time."),
+    "BATCH_WAIT_MS": ("10", "Longest an agent waits to fill a batch before it processes what it has: at low load, at most this much is added to each record's latency."),
     "CONSUMER_FETCH_MAX_WAIT_MS": ("100", "Longest a fetch waits for new input records (Faust's own is 1500); bounds the input hop's latency on a broker that does not answer a waiting fetch early."),
 }
 
@@ -125,6 +127,8 @@ class Settings:
     linger_ms: int
     model_refit_seconds: float
     fetch_max_wait_ms: int = 100
+    batch_max_events: int = 256
+    batch_wait_ms: float = 10.0
     event_loop: str = "uvloop"
     clock: str = "event"
     clock_tick_seconds: float = 1.0
@@ -218,6 +222,8 @@ def load() -> Settings:
         rebalance_timeout=_number("CONSUMER_REBALANCE_TIMEOUT", float, 1),
         linger_ms=int(_number("PRODUCER_LINGER_MS", int, 0)),
         fetch_max_wait_ms=int(_number("CONSUMER_FETCH_MAX_WAIT_MS", int, 1)),
+        batch_max_events=int(_number("BATCH_MAX_EVENTS", int, 1)),
+        batch_wait_ms=_number("BATCH_WAIT_MS", float, 0.1),
         event_loop=event_loop,
         model_refit_seconds=_number("MODEL_REFIT_SECONDS", float, 1),
         limits=Limits(

@@ -103,8 +103,18 @@ def publish(result: Result, started: float | None) -> None:
 
 def _agent_for(role: str) -> Any:
     async def process(stream: AsyncIterator[Any]) -> None:
-        async for event in stream.events():  # type: ignore[attr-defined]
-            await handle(role, event)
+        if settings.batch_max_events == 1:
+            async for event in stream.events():  # type: ignore[attr-defined]
+                await handle(role, event)
+            return
+        # In batches: Faust acknowledges a batch's records after this loop body is done
+        # with all of them (so an offset is committed only for processed records), and
+        # per-record awaits and acks give way to one per batch. Each record is still
+        # processed, and its errors contained, on its own, in the partition's order.
+        batches = stream.take_events(settings.batch_max_events, within=settings.batch_wait_ms / 1000)  # type: ignore[attr-defined]
+        async for events in batches:
+            for event in events:
+                await handle(role, event)
 
     process.__name__ = f"score_{role.replace('-', '_')}"
     return app.agent(inputs[role], name=f"streamer.score-{role}")(process)
