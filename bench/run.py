@@ -101,7 +101,9 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
         roles = {topics[role]: role for role in INPUT_ROLES}
         out_topic = f"bench-{run_id}-ceiling-out"
         await create_topic(broker.bootstrap, out_topic, PARTITIONS)
-        ceiling = await run_ceiling(broker.bootstrap, roles, out_topic, len(workload.main) + lat["events"], args.quiet_timeout)
+        # Everything the worker was offered: the main load, the latency phase's warm-up and its timed events.
+        offered = len(workload.main) + lat.get("warmup_events", 0) + lat["events"]
+        ceiling = await run_ceiling(broker.bootstrap, roles, out_topic, offered, args.quiet_timeout)
         say(f"ceiling: {ceiling['events']:,} events in {ceiling['seconds']:.1f}s: {ceiling['events_per_s']:,.0f} events/s")
         result["ceiling"] = ceiling
         result["ratio"] = round(thr["events_per_s"] / ceiling["events_per_s"], 4) if ceiling["events_per_s"] else None
