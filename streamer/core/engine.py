@@ -413,8 +413,12 @@ class Engine:
             prior = None if is_new else features_mod.compute(before, feats.now, self.config)
         else:
             prior = features_mod.compute(state, state.scored_at, self.config) if state.scored_at is not None else None
-        prior_scores = score(prior, self.scorers) if prior is not None else None
-        drivers = explain(prior, feats, prior_scores, scores, lambda f: score(f, self.scorers), top=3)
+        # The explained (headline) scores — churn risk, CLV — come before the online learners,
+        # whose own outputs (``*_learned``) nothing explained reads: re-scoring leaves them out.
+        headline_scorers = [s for s in self.scorers if not isinstance(s, LearnedScorer)]
+        rescore = lambda f: score(f, headline_scorers)  # noqa: E731
+        # The scores before are computed by explain() only if some input group changed.
+        drivers = explain(prior, feats, None, scores, rescore, top=3)
         return [d.to_dict() for d in drivers]
 
     def advance_clock(self, partition: int, now: float, store: StateStore) -> Result:
