@@ -18,6 +18,7 @@ unsubscribed or hard-bounced customers). A suppressed trigger is reported with i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamer.core.config import DAY, ScoringConfig, TriggerRule
@@ -48,8 +49,13 @@ class Due:
     """A due trigger's next moment and what it would say then."""
 
     at: float
-    reason: str
+    #: Builds the reason: most due moments never fire, so their words are not written.
+    describe: Callable[[], str]
     step: int | None = None
+
+    @property
+    def reason(self) -> str:
+        return self.describe()
 
 
 def first_basic_since_advanced(state: CustomerState) -> float | None:
@@ -70,25 +76,25 @@ def due_moments(name: str, rule: TriggerRule, state: CustomerState, f: Features,
         return []
     if name == "onboarding":
         return [
-            Due(f.first_order_at + days * DAY, f"onboarding step {i} of {len(rule.days)}: {days:g} days after the first order on {format_date(f.first_order_at)}", i)
+            Due(f.first_order_at + days * DAY, lambda i=i, days=days: f"onboarding step {i} of {len(rule.days)}: {days:g} days after the first order on {format_date(f.first_order_at)}", i)
             for i, days in enumerate(rule.days, start=1)
         ]
     if name == "upsell_advanced":
         started = first_basic_since_advanced(state)
         if started is None or not rule.days:
             return []
-        return [Due(started + rule.days[0] * DAY, f"{rule.days[0]:g} days on a basic product (since {format_date(started)}) and no advanced one")]
+        return [Due(started + rule.days[0] * DAY, lambda: f"{rule.days[0]:g} days on a basic product (since {format_date(started)}) and no advanced one")]
     if name == "survey_request":
         if f.has_survey or not rule.days:
             return []
-        return [Due(f.first_order_at + rule.days[0] * DAY, f"no survey answer {rule.days[0]:g} days after the first order")]
+        return [Due(f.first_order_at + rule.days[0] * DAY, lambda: f"no survey answer {rule.days[0]:g} days after the first order")]
     if name == "overdue":
         if segments.get(LIFECYCLE) == "lapsed":
             return []
         wait = rule.factor * f.mean_interval_days
         if wait >= config.lapse_days:
             return []  # past that it is a lapse: win-back's job
-        return [Due(f.last_order_at + wait * DAY, f"no order {wait:.0f} days after the last one ({rule.factor:g} × the usual {f.mean_interval_days:.0f}-day interval)")]
+        return [Due(f.last_order_at + wait * DAY, lambda: f"no order {wait:.0f} days after the last one ({rule.factor:g} × the usual {f.mean_interval_days:.0f}-day interval)")]
     return []
 
 
