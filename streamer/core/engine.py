@@ -216,6 +216,7 @@ class Engine:
         self.config = config or ScoringConfig()
         self.limits = limits or Limits()
         self.scorers: list[Scorer] = scorers if scorers is not None else default_scorers(self.config)
+        self._explained_scorers = [s for s in self.scorers if not isinstance(s, LearnedScorer)]
         self.wall_clock = wall_clock
         #: "event": a partition's clock is its newest event time (replays = live); "wall":
         #: also the wall clock, so timers fire on time in quiet partitions (see advance_clock).
@@ -413,13 +414,15 @@ class Engine:
             prior = None if is_new else features_mod.compute(before, feats.now, self.config)
         else:
             prior = features_mod.compute(state, state.scored_at, self.config) if state.scored_at is not None else None
-        # The explained (headline) scores — churn risk, CLV — come before the online learners,
-        # whose own outputs (``*_learned``) nothing explained reads: re-scoring leaves them out.
-        headline_scorers = [s for s in self.scorers if not isinstance(s, LearnedScorer)]
-        rescore = lambda f: score(f, headline_scorers)  # noqa: E731
         # The scores before are computed by explain() only if some input group changed.
-        drivers = explain(prior, feats, None, scores, rescore, top=3)
+        drivers = explain(prior, feats, None, scores, self._rescore_explained, top=3)
         return [d.to_dict() for d in drivers]
+
+    def _rescore_explained(self, features: Features) -> dict[str, float]:
+        """The scores an explanation compares. The explained (headline) scores — churn risk,
+        CLV — come before the online learners, whose own outputs (``*_learned``) nothing
+        explained reads: re-scoring leaves them out."""
+        return score(features, self._explained_scorers)
 
     def advance_clock(self, partition: int, now: float, store: StateStore) -> Result:
         """Move a partition's event-time clock forward with no event (end of a replay, or a
