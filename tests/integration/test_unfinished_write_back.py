@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streamer.core.engine import DictStore, Engine, Record
 from streamer.core.state import CustomerState
 from streamer.shell.flush_marks import MARK_KEY
+from streamer.shell.recovery import read_to_end
 from tests.integration.conftest import worker_env
 from tests.integration.kafka_helpers import Kafka
 from tests.integration.test_restart import order_event
@@ -26,19 +27,16 @@ pytestmark = pytest.mark.integration
 
 
 async def changelog_records(bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes | None]]:
-    """(offset, key, value) of partition 0, read to its real end (two empty fetches in a row:
-    the embedded broker under-reports high watermarks)."""
+    """(offset, key, value) of partition 0, read to its real end (the worker's own
+    ``read_to_end``: the embedded broker under-reports high watermarks)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        records, empty = [], 0
-        while empty < 2:
-            fetched = await consumer.getmany(tp, timeout_ms=500)
-            empty = 0 if fetched.get(tp) else empty + 1
-            records += [(m.offset, m.key, m.value) for m in fetched.get(tp, [])]
+        records: list[tuple[int, bytes, bytes | None]] = []
+        await read_to_end(consumer, lambda _tp, messages: records.extend((m.offset, m.key, m.value) for m in messages), deadline_s=30)
         return records
     finally:
         await consumer.stop()
