@@ -47,6 +47,12 @@ class Features:
     has_survey: bool
     #: Mean net value of the repeat purchase days (Gamma-Gamma's m_x); 0 without repeats.
     repeat_mean_value: float = 0.0
+    # When engagement last happened, not only how much: a customer who has dropped out stops
+    # opening mail and posting long before a purchase gap says so (the online learners read these).
+    emails_delivered: int = 0
+    email_first_at: float | None = None  # first email event of any kind (contact began)
+    email_engaged_at: float | None = None  # last open or click
+    community_active_at: float | None = None  # last post, reply, accepted answer, review or referral
 
     def summary(self) -> dict[str, float | int | bool | None]:
         """The inputs a score update publishes, rounded for humans."""
@@ -149,6 +155,10 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         referrals=int(community.get("referrals", 0)),
         has_survey=bool(state.survey),
         repeat_mean_value=_repeat_mean_value(value_by_day, arch, repeats),
+        emails_delivered=int(email.get("delivered", 0)),
+        email_first_at=email.get("first_at"),
+        email_engaged_at=email.get("last_engaged_at"),
+        community_active_at=community.get("last_active_at"),
     )
 
 

@@ -15,7 +15,7 @@ from streamer.core.config import DAY
 from streamer.core.features import Features
 from streamer.core.state import CustomerState
 from streamer.models.online import DelayedLabelLearner, Snapshot, feature_vector, label_from_orders, order_times_and_values
-from streamer.models.scorer import BTYDScorer
+from streamer.models.scorer import BTYDScorer, btyd_inputs, horizon_scores
 
 
 class LearnedScorer:
@@ -61,6 +61,9 @@ class LearnedScorer:
             snapshot = Snapshot.from_list(raw)
         except ValueError:
             return None
+        # The correction is learned against the BG/NBD in force now, which is the one it will
+        # be applied to (see Snapshot).
+        snapshot = snapshot.reoffset(horizon_scores(self.btyd.model, *snapshot.history, self.horizon_days))
         days, _spend = label_from_orders(order_times_and_values(state), snapshot.at, self.horizon_days * DAY)
         return self.learner.learn(snapshot, days == 0, float(days), due)
 
@@ -68,4 +71,4 @@ class LearnedScorer:
         """Take a snapshot to be labelled later, if none is pending."""
         if state.pending is None and features.orders > 0:
             x, expected = self.inputs(features)
-            state.pending = Snapshot(now, x, expected).to_list()
+            state.pending = Snapshot(now, x, expected, btyd_inputs(features)).to_list()

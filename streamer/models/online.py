@@ -70,11 +70,26 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_community_actions",
     "log_referrals",
     "has_survey",
+    # ...and when it last happened: the dead stop opening mail and posting
+    "log_days_since_sign_of_life",
+    "quiet_share_of_recency",
+    "emails_never_engaged",
+    "email_open_rate",
+    "community_never",
+    "engaged_since_last_order",
 )
 
-#: The features the corrections are learned from (the offsets read ``p_no_purchase`` and the
-#: BTYD expectation separately).
-MODEL_FEATURES: tuple[str, ...] = FEATURE_NAMES
+#: The features the corrections are learned from: what BG/NBD ignores. Its own inputs and
+#: outputs (recency, frequency, age, value) are left out: labels mature only for predictions made
+#: at least a horizon before "now", on histories younger than the ones scored now, and a
+#: correction of BG/NBD's RFM learned there extrapolates. Measured with them in vs out: on
+#: CDNOW purchases MAE 0.787 vs 0.774 and churn AUC 0.761 vs 0.767; on the simulator within
+#: noise (churn AUC 0.720 / 0.719 vs 0.720 / 0.719, seeds 7 / 1).
+MODEL_FEATURES: tuple[str, ...] = tuple(
+    n for n in FEATURE_NAMES
+    if n not in ("p_alive", "expected_purchases", "log_expected_purchases", "p_no_purchase", "log_repeat_transactions",
+                 "log_recency_days", "log_age_days", "recency_ratio", "log_revenue", "log_mean_value")
+)
 #: Standardised features are clipped to ±Z_MAX, and features whose sd so far is below MIN_SD
 #: are left out (see :meth:`_OffsetGLM.standardise`).
 Z_MAX = 3.0
@@ -82,9 +97,12 @@ MIN_SD = 1e-3
 
 #: Bumped whenever FEATURE_NAMES or the meaning of a feature changes: snapshots taken with
 #: another layout are refused by :meth:`Snapshot.from_list` (the label is then skipped).
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+#: The averaged SGD iterates that predictions use cover about this many recent labels.
+AVERAGE_OVER = 500
+
 #: Bumped when the pickled layout of :class:`DelayedLabelLearner` changes.
-LEARNER_FORMAT = 1
+LEARNER_FORMAT = 2
 
 #: Link-scale corrections are clipped: the learned model may move BTYD by at most e^±3 (×20)
 #: in expected purchases, and by ±6 in log-odds of churn. A bad update can't produce absurd scores.
@@ -97,6 +115,15 @@ P_EPS = 1e-6
 
 def _log1p(value: float) -> float:
     return math.log1p(max(value, 0.0))
+
+
+def _days_since(now: float, t: float | None) -> float:
+    return max(now - t, 0.0) / DAY if t is not None else 0.0
+
+
+def _last_sign_of_life(f: Features) -> float | None:
+    times = [t for t in (f.last_order_at, f.email_engaged_at, f.community_active_at) if t is not None]
+    return max(times) if times else None
 
 
 def feature_vector(f: Features, btyd_scores: dict[str, float]) -> dict[str, float]:
@@ -141,6 +168,18 @@ def feature_vector(f: Features, btyd_scores: dict[str, float]) -> dict[str, floa
         "log_community_actions": _log1p(f.community_actions),
         "log_referrals": _log1p(f.referrals),
         "has_survey": float(f.has_survey),
+        # Quiet time since the last sign of life of any kind (order, open, click, community),
+        # and how much of the silence since the last order it covers: BTYD reads only the
+        # time since the last order, while the dead also stop opening mail and posting.
+        "log_days_since_sign_of_life": math.log1p(sign_quiet := _days_since(f.now, _last_sign_of_life(f))),
+        "quiet_share_of_recency": min(sign_quiet / f.recency_days, 1.0) if f.recency_days > 0 else 1.0,
+        "emails_never_engaged": float(f.email_first_at is not None and f.email_engaged_at is None),
+        "email_open_rate": min(f.emails_opened / f.emails_delivered, 1.0) if f.emails_delivered else 0.0,
+        "community_never": float(f.community_active_at is None),
+        "engaged_since_last_order": float(
+            f.last_order_at is not None
+            and max(f.email_engaged_at or 0.0, f.community_active_at or 0.0) > f.last_order_at
+        ),
     }
 
 
@@ -173,14 +212,27 @@ def btyd_scores_for(model: Any, f: Features, horizon_days: float) -> dict[str, f
     }
 
 
+#: The snapshot keys that come from BG/NBD; re-read with the parameters in force when the label
+#: arrives (see :meth:`Snapshot.reoffset`).
+BTYD_KEYS = ("p_alive", "expected_purchases", "p_no_purchase")
+
+
 @dataclass(slots=True)
 class Snapshot:
     """What is remembered at prediction time until the label is known.
 
-    >>> s = Snapshot(at=86400.0, x={name: 0.5 for name in FEATURE_NAMES}, btyd_expected=1.25)
+    ``history`` is the BG/NBD summary (x, t_x, T in days) at ``at``: the population
+    parameters are refitted while a label is in flight, and the models learn a correction *of
+    the BG/NBD in force* — so when the label arrives, the BTYD part of the snapshot is
+    recomputed from the history with the current parameters (:meth:`reoffset`). A correction
+    learned against older parameters would otherwise be applied to newer ones: on the
+    simulator, early refits that over-forecast taught the purchase model a −50 % correction,
+    which it then applied to the final fit's already-right totals.
+
+    >>> s = Snapshot(at=86400.0, x={name: 0.5 for name in FEATURE_NAMES}, btyd_expected=1.25, history=(2.0, 30.0, 60.0))
     >>> raw = s.to_list()
-    >>> raw[:4]
-    [1, 86400.0, 1.25, 0.5]
+    >>> raw[:7]
+    [2, 86400.0, 1.25, 2.0, 30.0, 60.0, 0.5]
     >>> Snapshot.from_list(raw) == s
     True
     """
@@ -188,17 +240,40 @@ class Snapshot:
     at: float  # event time of the prediction (epoch s)
     x: dict[str, float]  # feature vector
     btyd_expected: float  # BTYD expected purchases in the learning horizon, at ``at``
+    history: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (x, t_x, T) in days, at ``at``
 
     def to_list(self) -> list[float]:
-        """``[format, at, btyd_expected, *x in FEATURE_NAMES order]`` — JSON-friendly, no keys."""
-        return [SNAPSHOT_FORMAT, self.at, round(self.btyd_expected, 6), *(round(float(self.x.get(n, 0.0)), 6) for n in FEATURE_NAMES)]
+        """``[format, at, btyd_expected, x, t_x, T, *features in FEATURE_NAMES order]`` —
+        JSON-friendly, no keys."""
+        return [
+            SNAPSHOT_FORMAT, self.at, round(self.btyd_expected, 6), *(round(float(v), 6) for v in self.history),
+            *(round(float(self.x.get(n, 0.0)), 6) for n in FEATURE_NAMES),
+        ]
 
     @classmethod
     def from_list(cls, raw: list[float]) -> "Snapshot":
         """Inverse of :meth:`to_list`; ``ValueError`` for another format (features changed)."""
-        if not raw or raw[0] != SNAPSHOT_FORMAT or len(raw) != 3 + len(FEATURE_NAMES):
+        if not raw or raw[0] != SNAPSHOT_FORMAT or len(raw) != 6 + len(FEATURE_NAMES):
             raise ValueError(f"unsupported snapshot format {raw[:1]!r}")
-        return cls(at=float(raw[1]), x=dict(zip(FEATURE_NAMES, map(float, raw[3:]))), btyd_expected=float(raw[2]))
+        return cls(
+            at=float(raw[1]), x=dict(zip(FEATURE_NAMES, map(float, raw[6:]))), btyd_expected=float(raw[2]),
+            history=(float(raw[3]), float(raw[4]), float(raw[5])),
+        )
+
+    def reoffset(self, btyd_scores: dict[str, float]) -> "Snapshot":
+        """The snapshot with its BG/NBD part replaced by ``btyd_scores`` (``p_alive``,
+        ``expected_purchases``, ``p_no_purchase`` of the same history under other parameters).
+
+        >>> s = Snapshot(0.0, {name: 0.0 for name in FEATURE_NAMES}, btyd_expected=1.0, history=(1.0, 5.0, 10.0))
+        >>> t = s.reoffset({"p_alive": 0.5, "expected_purchases": 2.0, "p_no_purchase": 0.25})
+        >>> t.btyd_expected, t.x["expected_purchases"], round(t.x["log_expected_purchases"], 4), t.x["p_no_purchase"]
+        (2.0, 2.0, 1.0986, 0.25)
+        """
+        expected = max(float(btyd_scores["expected_purchases"]), 0.0)
+        x = dict(self.x)
+        x.update({key: float(btyd_scores[key]) for key in BTYD_KEYS})
+        x["log_expected_purchases"] = math.log1p(expected)
+        return Snapshot(self.at, x, expected, self.history)
 
 
 def label_from_orders(order_times_and_values: Iterable[tuple[float, float]], start: float, horizon_s: float) -> tuple[int, float]:
@@ -259,6 +334,13 @@ class _OffsetGLM:
             optimizer=optim.SGD(lr), l2=l2, intercept_lr=intercept_lr, clip_gradient=clip_gradient
         )
         self.max_shift = max_shift
+        # Predictions use an exponential average of the SGD iterates (averaged SGD): a constant
+        # step keeps the raw weights wandering around the optimum — on the simulator the
+        # purchase model's intercept swung by ±0.3 every few hundred labels, so the level of
+        # every forecast depended on the last few dozen labels (totals off by up to −45 %).
+        self.avg_weights: dict[str, float] = {}
+        self.avg_intercept = 0.0
+        self.steps = 0
 
     def standardise(self, x: dict[str, float]) -> dict[str, float]:
         """The model's features, standardised, with (near-)constant ones dropped and |z| ≤ Z_MAX.
@@ -280,16 +362,32 @@ class _OffsetGLM:
         return out
 
     def shift(self, x: dict[str, float]) -> float:
-        """r(x): the learned correction in the link scale, clipped."""
+        """r(x): the learned correction in the link scale (averaged weights), clipped."""
+        weights = self.avg_weights
+        r = self.avg_intercept + sum(weights.get(name, 0.0) * z for name, z in self.standardise(x).items())
+        return min(max(r, -self.max_shift), self.max_shift)
+
+    def raw_shift(self, x: dict[str, float]) -> float:
+        """r(x) of the current SGD iterate: where the next gradient is taken."""
         r = self.linear.predict_one(self.standardise(x))
         return min(max(r, -self.max_shift), self.max_shift)
 
     def learn(self, x: dict[str, float], r: float, y: float, mu: float, v: float) -> None:
-        """One SGD step at current correction ``r`` with mean ``mu`` and variance ``v``."""
+        """One SGD step at current correction ``r`` (of the iterate) with mean ``mu`` and
+        variance ``v``, then the averages move toward the new iterate."""
         # The scaler learns first, so the step is taken in the scale the next predictions use.
         self.scaler.learn_one({name: x.get(name, 0.0) for name in MODEL_FEATURES})
         v = max(v, 1e-12)
         self.linear.learn_one(self.standardise(x), r + (y - mu) / v, w=v)
+        self.steps += 1
+        # 1/n for the first AVERAGE_OVER steps (the plain mean of the iterates), then a constant
+        # rate: an average over about the last AVERAGE_OVER labels, so it still tracks change.
+        rate = 1.0 / min(self.steps, AVERAGE_OVER)
+        avg = self.avg_weights
+        for name, w in self.linear.weights.items():
+            a = avg.get(name, 0.0)
+            avg[name] = a + rate * (w - a)
+        self.avg_intercept += rate * (self.linear.intercept - self.avg_intercept)
 
 
 class ChurnClassifier:
@@ -306,7 +404,7 @@ class ChurnClassifier:
     >>> x = {"p_no_purchase": 0.3, "log_emails_opened": 0.0}
     >>> round(model.predict_one(x), 3)
     0.3
-    >>> for _ in range(300):  # silent customers churn, readers come back
+    >>> for _ in range(500):  # silent customers churn, readers come back
     ...     model.learn_one(x | {"log_emails_opened": 0.0}, churned=True)
     ...     model.learn_one(x | {"log_emails_opened": 2.0}, churned=False)
     >>> model.predict_one(x | {"log_emails_opened": 0.0}) > 0.8, model.predict_one(x | {"log_emails_opened": 2.0}) < 0.1
@@ -320,7 +418,7 @@ class ChurnClassifier:
         return _sigmoid(_logit(x.get("p_no_purchase", 0.5)) + self.glm.shift(x))
 
     def learn_one(self, x: dict[str, float], churned: bool) -> None:
-        r = self.glm.shift(x)
+        r = self.glm.raw_shift(x)
         p = _sigmoid(_logit(x.get("p_no_purchase", 0.5)) + r)
         self.glm.learn(x, r, float(churned), p, p * (1.0 - p))
 
@@ -342,7 +440,7 @@ class PurchaseRegressor:
     >>> model = PurchaseRegressor()
     >>> model.predict_one({"log_emails_opened": 1.0}, btyd_expected=2.0)
     2.0
-    >>> for _ in range(300):
+    >>> for _ in range(1000):  # predictions use the average of the iterates, which trails a little
     ...     model.learn_one({"log_emails_opened": 1.0}, btyd_expected=2.0, actual=4)
     >>> round(model.predict_one({"log_emails_opened": 1.0}, btyd_expected=2.0), 1)
     4.0
@@ -355,7 +453,7 @@ class PurchaseRegressor:
         return max(btyd_expected, MIN_EXPECTED) * math.exp(self.glm.shift(x))
 
     def learn_one(self, x: dict[str, float], btyd_expected: float, actual: float) -> None:
-        r = self.glm.shift(x)
+        r = self.glm.raw_shift(x)
         mu = max(btyd_expected, MIN_EXPECTED) * math.exp(r)
         self.glm.learn(x, r, float(actual), mu, mu)
 

@@ -97,6 +97,28 @@ def _p_alive(bg: btyd.BGNBDParams, x: float, t_x: float, T: float) -> float:
     return 1.0 / (1.0 + math.exp(log_odds))
 
 
+def horizon_scores(model: PopulationModel, x: float, t_x: float, T: float, horizon_days: float) -> dict[str, float]:
+    """``p_alive``, ``expected_purchases`` and ``p_no_purchase`` over ``horizon_days`` for one
+    history (x, t_x, T in days): the formulas of :meth:`BTYDScorer.quantities`.
+
+    The online learners use it to re-read a remembered history with the parameters in force
+    when its label arrives (see ``LearnedScorer.learn_if_due``).
+
+    >>> s = horizon_scores(PopulationModel(), 2.0, 30.0, 60.0, 90.0)
+    >>> round(s["p_alive"], 4), round(s["expected_purchases"], 4), round(s["p_no_purchase"], 4)
+    (0.6376, 1.1649, 0.4986)
+    """
+    bg = model.bgnbd
+    r, alpha, _a, _b = bg.as_tuple()
+    alive = _p_alive(bg, x, t_x, T)
+    silent = math.exp((r + x) * (math.log(alpha + T) - math.log(alpha + T + horizon_days)))
+    return {
+        "p_alive": alive,
+        "expected_purchases": alive * btyd.alive_expectation_scalar(bg, horizon_days, x, T),
+        "p_no_purchase": (1.0 - alive) + alive * silent,
+    }
+
+
 class BTYDScorer:
     """P(alive), expected purchases and P(no purchase) over a horizon, predicted CLV over it
     (margin, discounted), expected order value and the median days to the next order."""

@@ -34,12 +34,15 @@ def test_evaluate_reproduces_the_published_fit_through_the_stream(tmp_path: Path
     assert metrics["total_error_pct"] == pytest.approx(-12.1, abs=0.5)
     assert metrics["auc_churn_p_no_purchase"] == pytest.approx(0.757, abs=0.005)
     assert metrics["auc_churn_expected_purchases"] == pytest.approx(0.7725, abs=0.005)
-    # The online learners (13-week delayed labels inside calibration), as measured: better
-    # churn ranking than P(no purchase) and the total within 5 %, but a worse MAE.
+    # The online learners (13-week delayed labels inside calibration), as measured: a lower
+    # MAE than BG/NBD (0.774 vs 0.786) and better churn ranking than P(no purchase), but a
+    # larger under-forecast (−18 %): CDNOW has no engagement data, so the correction they
+    # learn is the level of the labels inside calibration, which the holdout does not share.
     assert metrics["labels_learned"] == 4714
-    assert metrics["auc_churn_learned"] == pytest.approx(0.7655, abs=0.01)
-    assert metrics["total_error_pct_learned"] == pytest.approx(4.6, abs=2.0)
-    assert metrics["mae_purchases_learned"] == pytest.approx(0.839, abs=0.02)
+    assert metrics["auc_churn_learned"] == pytest.approx(0.7671, abs=0.01)
+    assert metrics["total_error_pct_learned"] == pytest.approx(-18.1, abs=2.0)
+    assert metrics["mae_purchases_learned"] == pytest.approx(0.7736, abs=0.01)
+    assert metrics["mae_purchases_learned"] < metrics["mae_purchases"]
     assert metrics["online_quality"]["labels"] == 4714
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "customer,expected_purchases,p_at_least_one,predicted_value,actual_purchases,actual_spend"

@@ -266,3 +266,103 @@ def test_size_stays_bounded_after_100k_labels() -> None:
     assert learner.version == 100_000
     assert size_100k < 200_000
     assert size_100k < size_1k + 2_000  # no training data kept: size does not grow with labels
+
+
+# -- what the engagement features read -------------------------------------------------------
+
+
+def test_engagement_features_read_when_the_customer_last_showed_life() -> None:
+    from streamer.core.config import ScoringConfig
+    from streamer.core.features import compute
+    from streamer.core.state import CustomerState
+
+    t0 = 1000 * DAY
+    orders = {"o1": [t0, 100.0, 30.0, 0.0, 1], "o2": [t0 + 10 * DAY, 50.0, 15.0, 0.0, 1]}
+    quiet = CustomerState("c1", orders=dict(orders), email={"first_at": t0, "delivered": 8})
+    reader = CustomerState(
+        "c2", orders=dict(orders), email={"first_at": t0, "delivered": 8, "opened": 4, "last_engaged_at": t0 + 30 * DAY},
+        community={"posts": 1, "last_active_at": t0 + 20 * DAY},
+    )
+    now = t0 + 50 * DAY
+    xq = feature_vector(compute(quiet, now, ScoringConfig()), {})
+    xr = feature_vector(compute(reader, now, ScoringConfig()), {})
+    # Silent for the 40 days since the last order vs an open 20 days ago.
+    assert xq["log_days_since_sign_of_life"] == pytest.approx(math.log1p(40.0))
+    assert xr["log_days_since_sign_of_life"] == pytest.approx(math.log1p(20.0))
+    assert xq["quiet_share_of_recency"] == 1.0 and xr["quiet_share_of_recency"] == pytest.approx(0.5)
+    assert (xq["engaged_since_last_order"], xr["engaged_since_last_order"]) == (0.0, 1.0)
+    assert (xq["emails_never_engaged"], xr["emails_never_engaged"]) == (1.0, 0.0)
+    assert (xq["email_open_rate"], xr["email_open_rate"]) == (0.0, 0.5)
+    assert (xq["community_never"], xr["community_never"]) == (1.0, 0.0)
+
+
+# -- the correction is learned against the BG/NBD in force -----------------------------------
+
+
+def test_a_label_is_learned_against_the_parameters_in_force_when_it_arrives() -> None:
+    """A snapshot taken under one set of population parameters is re-read with the ones in
+    force when its label arrives: the purchase model sees the current BG/NBD expectation."""
+    from dataclasses import replace
+
+    from streamer.core.config import ScoringConfig
+    from streamer.core.features import compute
+    from streamer.core.state import CustomerState
+    from streamer.models.learned import LearnedScorer
+    from streamer.models.scorer import BTYDScorer, PopulationModel, btyd_inputs, horizon_scores
+
+    scorer = LearnedScorer(BTYDScorer(horizon_days=365.0), horizon_days=HORIZON_DAYS)
+    t0 = 1000 * DAY
+    state = CustomerState("c1", orders={"o1": [t0, 100.0, 30.0, 0.0, 1], "o2": [t0 + 20 * DAY, 50.0, 15.0, 0.0, 1]})
+    f = compute(state, t0 + 40 * DAY, ScoringConfig())
+    scorer.remember(state, f, f.now)
+    taken = Snapshot.from_list(state.pending)
+    assert taken.history == btyd_inputs(f)
+    assert taken.btyd_expected == pytest.approx(horizon_scores(PopulationModel(), *btyd_inputs(f), HORIZON_DAYS)["expected_purchases"], abs=1e-6)
+
+    # A refit while the label is in flight: rates twice as high.
+    refit = PopulationModel(bgnbd=replace(PopulationModel().bgnbd, alpha=PopulationModel().bgnbd.alpha / 2, version="refit"))
+    scorer.btyd.model = refit
+    seen = []
+    learn = scorer.learner.learn
+    scorer.learner.learn = lambda snap, churned, actual, at: seen.append(snap) or learn(snap, churned, actual, at)
+    assert scorer.learn_if_due(state, f.now + HORIZON - 1) is None and seen == []  # not due yet
+    assert scorer.learn_if_due(state, f.now + HORIZON) is not None
+    current = horizon_scores(refit, *btyd_inputs(f), HORIZON_DAYS)
+    assert seen[0].btyd_expected == pytest.approx(current["expected_purchases"])
+    assert abs(seen[0].btyd_expected - taken.btyd_expected) > 0.1 * taken.btyd_expected  # really re-read
+    assert seen[0].x["p_no_purchase"] == pytest.approx(current["p_no_purchase"])
+    assert state.pending is None and scorer.learner.version == 1
+
+
+def test_horizon_scores_agree_with_the_array_formulas() -> None:
+    from streamer.models.scorer import PopulationModel, horizon_scores
+
+    bg = PopulationModel().bgnbd
+    for x, t_x, T, h in [(0.0, 0.0, 0.0, 90.0), (0.0, 0.0, 200.0, 30.0), (3.0, 100.0, 250.0, 273.0), (12.0, 300.0, 301.0, 7.0)]:
+        s = horizon_scores(PopulationModel(), x, t_x, T, h)
+        assert s["p_alive"] == pytest.approx(float(btyd.p_alive(bg, x, t_x, T)), rel=1e-9)
+        assert s["expected_purchases"] == pytest.approx(float(btyd.expected_purchases(bg, h, x, t_x, T)), rel=1e-8)
+        assert s["p_no_purchase"] == pytest.approx(float(btyd.p_no_purchase(bg, h, x, t_x, T)), rel=1e-9)
+
+
+# -- averaged SGD --------------------------------------------------------------------------
+
+
+def test_predictions_use_averaged_weights_that_wander_far_less_than_the_sgd_iterate() -> None:
+    """On a stationary stream whose truth is BTYD × 1.3, the intercept of the SGD iterate keeps
+    jumping with every label (a constant step), while the averaged one that predictions use
+    settles near log 1.3."""
+    from streamer.models.online import PurchaseRegressor
+
+    rng = np.random.default_rng(5)
+    model = PurchaseRegressor()
+    raw, averaged = [], []
+    for i in range(6000):
+        expected = float(rng.gamma(1.0, 1.0))
+        model.learn_one({"log_emails_opened": float(rng.normal())}, expected, int(rng.poisson(1.3 * expected)))
+        if i >= 3000:
+            raw.append(model.glm.linear.intercept)
+            averaged.append(model.glm.avg_intercept)
+    assert np.std(averaged) < 0.3 * np.std(raw)
+    assert np.mean(averaged) == pytest.approx(math.log(1.3), abs=0.08)
+    assert model.predict_one({"log_emails_opened": 0.0}, 2.0) == pytest.approx(2.0 * 1.3, rel=0.12)
