@@ -288,7 +288,7 @@ class SimReport:
     total_predicted_spend_btyd: float
     # with the online learners
     auc_churn_learned: float  # by churn_risk_learned
-    auc_dead_learned: float
+    auc_dead_learned: float  # by 1 - p_alive_learned (the P(alive) the learned churn risk implies)
     mae_purchases_learned: float
     total_predicted_purchases_learned: float
     total_error_pct_learned: float
@@ -305,7 +305,7 @@ class SimReport:
 
         rows = [
             ("churn ROC AUC (no purchase in holdout)", f"{self.auc_churn_btyd:.4f}", f"{self.auc_churn_learned:.4f}"),
-            ("dead ROC AUC (truth at calibration end)", f"{self.auc_dead_btyd:.4f}", f"{self.auc_dead_learned:.4f}"),
+            ("dead ROC AUC (truth at calibration end), by 1 - P(alive)", f"{self.auc_dead_btyd:.4f}", f"{self.auc_dead_learned:.4f}"),
             ("purchases MAE", f"{self.mae_purchases_btyd:.4f}", f"{self.mae_purchases_learned:.4f}"),
             (
                 f"purchases total (actual {self.total_actual_purchases})",
@@ -414,7 +414,7 @@ def evaluate_simulated(
     actual = np.array([len(d) for d in days], dtype=float)
 
     online = engine.online
-    p_none, p_alive, predicted, value, learned, churn_learned = [], [], [], [], [], []
+    p_none, p_alive, predicted, value, learned, churn_learned, alive_learned = [], [], [], [], [], [], []
     for customer in scored:
         f = features_mod.compute(store.data[customer], cut, config)
         s = score(f, engine.scorers)
@@ -426,6 +426,7 @@ def evaluate_simulated(
         ratio = s["expected_purchases_learned"] / btyd_h if btyd_h > 1e-9 else 1.0
         learned.append(s["expected_purchases"] * ratio)
         churn_learned.append(s["churn_risk_learned"])
+        alive_learned.append(s["p_alive_learned"])
     predicted_a, learned_a, value_a = np.array(predicted), np.array(learned), np.array(value)
     clv_btyd, clv_learned = predicted_a * value_a, learned_a * value_a
     churned = actual == 0
@@ -458,7 +459,7 @@ def evaluate_simulated(
         mae_clv_btyd=float(np.mean(np.abs(clv_btyd - spend))),
         total_predicted_spend_btyd=float(clv_btyd.sum()),
         auc_churn_learned=roc_auc(churned, np.array(churn_learned)),
-        auc_dead_learned=roc_auc(dead, np.array(churn_learned)),
+        auc_dead_learned=roc_auc(dead, 1.0 - np.array(alive_learned)),
         mae_purchases_learned=float(np.mean(np.abs(learned_a - actual))),
         total_predicted_purchases_learned=float(learned_a.sum()),
         total_error_pct_learned=float(100 * (learned_a.sum() - total) / total),
@@ -475,12 +476,12 @@ def evaluate_simulated(
             writer = csv.writer(fh)
             writer.writerow([
                 "customer", "p_no_purchase", "p_alive", "expected_purchases", "expected_purchases_learned_holdout",
-                "churn_risk_learned", "expected_order_value", "actual_purchases", "actual_spend", "dead_at_cut",
+                "churn_risk_learned", "p_alive_learned", "expected_order_value", "actual_purchases", "actual_spend", "dead_at_cut",
             ])
             for i, customer in enumerate(scored):
                 writer.writerow([
                     customer, f"{p_none[i]:.6f}", f"{p_alive[i]:.6f}", f"{predicted[i]:.6f}", f"{learned[i]:.6f}",
-                    f"{churn_learned[i]:.6f}", f"{value[i]:.4f}", int(actual[i]), f"{spend[i]:.2f}", int(dead[i]),
+                    f"{churn_learned[i]:.6f}", f"{alive_learned[i]:.6f}", f"{value[i]:.4f}", int(actual[i]), f"{spend[i]:.2f}", int(dead[i]),
                 ])
         (out_dir / "metrics.json").write_text(json.dumps(asdict(report), indent=2))
     return report

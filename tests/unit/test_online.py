@@ -294,6 +294,10 @@ def test_engagement_features_read_when_the_customer_last_showed_life() -> None:
     assert (xq["emails_never_engaged"], xr["emails_never_engaged"]) == (1.0, 0.0)
     assert (xq["email_open_rate"], xr["email_open_rate"]) == (0.0, 0.5)
     assert (xq["community_never"], xr["community_never"]) == (1.0, 0.0)
+    # Per channel: never engaged by mail counts from the first email (50 days ago).
+    assert xq["log_days_since_email_engaged"] == pytest.approx(math.log1p(50.0))
+    assert xr["log_days_since_email_engaged"] == pytest.approx(math.log1p(20.0))
+    assert (xq["log_days_since_community"], xr["log_days_since_community"]) == (0.0, pytest.approx(math.log1p(30.0)))
 
 
 # -- the correction is learned against the BG/NBD in force -----------------------------------
