@@ -14,6 +14,7 @@ from bench.worker import WorkerProcess, cpu_seconds
 
 #: The worker's own histogram: a record reached the agent -> its score update acknowledged.
 AGENT_LATENCY = "clv_processing_latency_seconds"
+GC_PAUSE = "clv_gc_pause_seconds"
 #: Seconds of offered load sent (untimed) before the latency phase, to bring event time to now.
 WARMUP_S = 3.0
 
@@ -233,6 +234,7 @@ async def latency(
         base, base_timers = watcher.event_scores, watcher.timer_scores
         timed_from = len(watcher.timings)
         agent_before = worker.histogram(AGENT_LATENCY)
+        gc_before = worker.histogram(GC_PAUSE, generation="2")
 
         def on_send(i: int, now: float) -> None:
             watcher.sent[ids[i]] = (now, int(now * 1000))
@@ -246,6 +248,7 @@ async def latency(
     ts = [t[2] * 1000 for t in timings]
     thirds = [e2e[i * len(e2e) // 3 : (i + 1) * len(e2e) // 3] for i in range(3)]
     agent = bucket_quantiles(agent_before, worker.histogram(AGENT_LATENCY))
+    gc_full = gc_pauses(gc_before, worker.histogram(GC_PAUSE, generation="2"))
     watcher.sent.clear()
     result = {
         "offered_events_per_s": round(rate, 1),
@@ -266,6 +269,9 @@ async def latency(
         "e2e_p50_ms_by_third": [_round(percentile(third, 50)) for third in thirds],
         "worker_histogram_p50_le_ms": agent[50],
         "worker_histogram_p99_le_ms": agent[99],
+        # Full collections of Python's garbage collector in the phase: each stops the worker.
+        "gc_full_collections": gc_full[0],
+        "gc_full_longest_le_ms": gc_full[1],
     }
     result["complete"] = result["missing"] <= 0.01 * len(records)
     if not result["complete"]:
@@ -291,6 +297,16 @@ async def wait_quiet(watcher: ScoreWatcher, base_timers: int, quiet_s: float, ti
         elif time.monotonic() - last_change >= quiet_s:
             break
     return watcher.timer_scores - base_timers
+
+
+def gc_pauses(before: dict[float, float], after: dict[float, float]) -> tuple[int, float | None]:
+    """(collections, upper bound in ms of the bucket of the longest) between two readings of
+    the worker's ``clv_gc_pause_seconds`` histogram for one generation (None: no collection,
+    or the longest was beyond the last bucket)."""
+    delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = int(delta.get(float("inf"), 0.0))
+    longest = min((le for le, n in delta.items() if n >= total), default=None) if total else None
+    return total, None if longest is None or longest == float("inf") else round(longest * 1000, 2)
 
 
 def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[int, float | str | None]:

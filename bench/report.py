@@ -21,6 +21,9 @@ METRICS: dict[str, tuple[str, str, float | None, str, tuple[str, ...]]] = {
     "seen_p50_ms": ("  until a consumer sees it, p50", "ms", None, "", ("worker", "latency", "e2e_p50_ms")),
     "seen_p99_ms": ("  until a consumer sees it, p99", "ms", None, "", ("worker", "latency", "e2e_p99_ms")),
     "offered_events_per_s": ("  offered load (half of max)", "events/s", None, "", ("worker", "latency", "offered_events_per_s")),
+    # Python's full garbage collections in that phase: each one stops the worker for its length.
+    "gc_full_collections": ("  full GC pauses in that phase", "count", None, "", ("worker", "latency", "gc_full_collections")),
+    "gc_full_longest_le_ms": ("  longest full GC pause, ≤", "ms", None, "", ("worker", "latency", "gc_full_longest_le_ms")),
     "bytes_per_customer": ("resident memory / customer", "bytes", 1024.0, "max", ("worker", "memory", "bytes_per_customer")),
     "bytes_per_customer_slope": (
         "  same, slope 20-95 % loaded",

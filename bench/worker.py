@@ -131,9 +131,11 @@ class WorkerProcess:
         ]
         return sum(values) if values else None
 
-    def histogram(self, name: str) -> dict[float, float]:
-        """A histogram's cumulative bucket counts on /metrics: upper bound (s) -> count."""
-        pattern = rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$'
+    def histogram(self, name: str, **labels: str) -> dict[float, float]:
+        """A histogram's cumulative bucket counts on /metrics: upper bound (s) -> count (of the
+        series with these label values, which come before ``le`` as prometheus_client writes them)."""
+        before = "".join(f'{k}="{v}",' for k, v in labels.items())
+        pattern = rf'^{re.escape(name)}_bucket{{{re.escape(before)}le="([^"]+)"}} (\S+)$'
         return {float(m.group(1)): float(m.group(2)) for m in re.finditer(pattern, self.metrics_text(), re.MULTILINE)}
 
     def stop(self) -> None:

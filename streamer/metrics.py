@@ -6,7 +6,10 @@ customer id, so cardinality stays fixed however many customers there are.
 
 from __future__ import annotations
 
+import gc
+import time
 from collections import deque
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -18,6 +21,7 @@ TRIGGER_STATUSES = (FIRED, COOLDOWN, CONSENT)
 
 ONLINE_QUALITY_METRICS = ("roc_auc", "log_loss", "mae", "mae_btyd", "roc_auc_btyd", "labels", "drifts")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 
 class Metrics:
@@ -41,6 +45,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.gc_pause = Histogram(
+            "clv_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation: the whole process stops "
+            "while it runs, so a full (generation 2) collection delays every event in flight.",
+            ["generation"],
+            buckets=GC_BUCKETS,
+            registry=registry,
+        )
+        self._gc_started: float | None = None
+        self._gc_tracked = False
         self.transitions = Counter(
             "clv_segment_transitions_total", "Segment changes published, by family and from/to segment.", ["family", "from_segment", "to_segment"], registry=registry
         )
@@ -153,3 +167,20 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for the /metrics page."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def track_gc_pauses(self) -> None:
+        """Time every collection of the cyclic garbage collector into ``clv_gc_pause_seconds``
+        (once per process; the callback costs two clock reads per collection)."""
+        if self._gc_tracked:
+            return
+        self._gc_tracked = True
+        histograms = [self.gc_pause.labels(generation=str(g)) for g in range(3)]
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            elif self._gc_started is not None:
+                histograms[info["generation"]].observe(time.perf_counter() - self._gc_started)
+                self._gc_started = None
+
+        gc.callbacks.append(on_gc)

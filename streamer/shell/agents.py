@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 engine = Engine(settings.scoring, settings.limits, clock=settings.clock)
 metrics = Metrics()
+metrics.track_gc_pauses()
 #: The changelog must stay co-partitioned with the inputs too; Faust declares it once per process.
 broker_watch = BrokerWatch(
     settings,
