@@ -70,3 +70,6 @@ app = StreamerApp(
 app.before_commit = []
 app.kafka_options = settings.security.client_options()
 app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # see recovery.StreamerConsumerThread
+# Faust stops handing input records to the agents whenever its producer buffer holds more than
+# this and drains it first; at its default of 100 a batch's outputs overran it constantly.
+app.producer.buffer.max_messages = settings.producer_buffer_messages

@@ -35,7 +35,7 @@ def order(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     async def flush() -> None:
         seen.append("outputs flushed")
 
-    def send(self: Any, partition: int, key: bytes, value: bytes | None) -> asyncio.Future:
+    async def send(self: Any, partition: int, key: bytes, value: bytes | None) -> asyncio.Future:
         if key == MARK_KEY:
             seen.append(("mark", partition, orjson.loads(value)["from"]))
         else:
@@ -115,13 +115,13 @@ async def test_a_failed_changelog_write_keeps_the_changes_and_writes_no_mark(mon
     store.put("f", state("f", 0))
     real_send = tables.TableStore._send
 
-    def send_then_fail(self: Any, partition: int, key: bytes, value: bytes | None) -> Any:
+    async def send_then_fail(self: Any, partition: int, key: bytes, value: bytes | None) -> Any:
         if key == b"f":  # the broker stops answering halfway through the write-back
             order.append(("changelog failed", key))
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(RuntimeError("broker gone"))
             return fut
-        return real_send(self, partition, key, value)
+        return await real_send(self, partition, key, value)
 
     monkeypatch.setattr(tables.TableStore, "_send", send_then_fail)
     with pytest.raises(RuntimeError):
