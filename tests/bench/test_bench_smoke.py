@@ -50,6 +50,8 @@ def test_the_bench_runs_end_to_end_and_writes_every_field(tmp_path: Path) -> Non
         assert number(lat[key]), key
     assert lat["e2e_p50_ms"] <= lat["e2e_p99_ms"] <= lat["e2e_max_ms"]
     assert len(lat["e2e_p50_ms_by_third"]) == 3
+    assert isinstance(lat["gc_full_collections"], int) and lat["gc_full_collections"] >= 0
+    assert lat["gc_full_longest_le_ms"] is None or (lat["gc_full_collections"] > 0 and number(lat["gc_full_longest_le_ms"]))
     ceiling = one["ceiling"]
     assert ceiling["complete"] is True and ceiling["events"] == doc["workload"]["events"] + lat["warmup_events"] + lat["events"]
     assert ceiling["invalid"] == 0 and number(ceiling["events_per_s"]) and ceiling["events_per_s"] > 0
@@ -61,7 +63,9 @@ def test_the_bench_runs_end_to_end_and_writes_every_field(tmp_path: Path) -> Non
         assert {"label", "unit", "per_run", "values", "min", "median", "max", "target", "runs_meeting_target"} <= entry.keys(), (
             name
         )
-        if name != "bytes_per_customer_slope":  # needs enough samples while loading; none at this size
+        # The slope needs enough samples while loading, and a longest GC pause a full collection
+        # in the latency phase: neither is there at this size.
+        if name not in ("bytes_per_customer_slope", "gc_full_longest_le_ms"):
             assert len(entry["values"]) == 1 and entry["min"] == entry["median"] == entry["max"], name
     for name in ("ratio", "latency_p99_ms", "bytes_per_customer", "ready_s", "refit_s"):
         assert doc["summary"][name]["target"] is not None and doc["summary"][name]["runs_meeting_target"] in (0, 1)
