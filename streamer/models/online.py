@@ -231,9 +231,9 @@ class Snapshot:
     parameters are refitted while a label is in flight, and the models learn a correction *of
     the BG/NBD in force* — so when the label arrives, the BTYD part of the snapshot is
     recomputed from the history with the current parameters (:meth:`reoffset`). A correction
-    learned against older parameters would otherwise be applied to newer ones: on the
-    simulator, early refits that over-forecast taught the purchase model a −50 % correction,
-    which it then applied to the final fit's already-right totals.
+    learned against older parameters would otherwise be applied to newer ones. (On the
+    simulator this alone did not fix the learned totals; averaging the SGD iterates did, see
+    :class:`_OffsetGLM`.)
 
     >>> s = Snapshot(at=86400.0, x={name: 0.5 for name in FEATURE_NAMES}, btyd_expected=1.25, history=(2.0, 30.0, 60.0))
     >>> raw = s.to_list()
