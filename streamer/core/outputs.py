@@ -23,7 +23,17 @@ MAX_DETAIL_CHARS = 256
 
 def rfc3339(t: float) -> str:
     """Epoch seconds -> ``2025-03-01T12:00:00.000Z``."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # One evaluation writes the same moment into every record it emits, twice each (the
+    # envelope's time and the data's), so the last answer is kept.
+    global _last_time
+    if _last_time[0] == t:
+        return _last_time[1]
+    text = datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _last_time = (t, text)
+    return text
+
+
+_last_time: tuple[float | None, str] = (None, "")
 
 
 def deterministic_id(prefix: str, *parts: object) -> str:
@@ -49,7 +59,17 @@ def _envelope(type_name: str, event_id: str, time: float, subject: str, data: di
 
 
 def rounded(scores: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 6) for k, v in scores.items()}
+    """Scores to 6 decimals. One evaluation's records all carry its scores: the last dict
+    rounded is remembered (held, so its identity cannot be reused; never mutated once scored)."""
+    global _last_rounded
+    if _last_rounded[0] is scores:
+        return _last_rounded[1]
+    out = {k: round(v, 6) for k, v in scores.items()}
+    _last_rounded = (scores, out)
+    return out
+
+
+_last_rounded: tuple[dict[str, float] | None, dict[str, float]] = (None, {})
 
 
 def customer_scored(

@@ -61,18 +61,21 @@ async def handle(role: str, event: Any) -> Result:
     """Process one Faust event end to end; never raises for a bad or unlucky record."""
     started = time.perf_counter()
     record = to_record(role, event.message)
-    try:
-        result = engine.process(record, store)
-    except Exception as exc:  # noqa: BLE001 - containment is the point
-        # No customer id above debug: name the position and the exception type only.
-        log.error("processing failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
-        log.debug("processing failure detail", exc_info=True)
-        result = engine.reject(record, "processing_error", f"{type(exc).__name__}: {exc}")
-    try:
-        publish(result, started)
-    except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
-        metrics.publish_errors.inc()
-        log.error("publishing results failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
+    # Held from the state change until its outputs are queued on the producer: another agent
+    # (the same customer's other topics) or the write-back must not come in between.
+    async with store.changing:
+        try:
+            result = engine.process(record, store)
+        except Exception as exc:  # noqa: BLE001 - containment is the point
+            # No customer id above debug: name the position and the exception type only.
+            log.error("processing failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
+            log.debug("processing failure detail", exc_info=True)
+            result = engine.reject(record, "processing_error", f"{type(exc).__name__}: {exc}")
+        try:
+            await publish(result, started)
+        except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
+            metrics.publish_errors.inc()
+            log.error("publishing results failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
     if result.drifts:
         log.warning("drift detected (ADWIN) in the online purchase model's error; it keeps learning from new labels")
     try:
@@ -84,23 +87,43 @@ async def handle(role: str, event: Any) -> Result:
     return result
 
 
-def publish(result: Result, started: float | None) -> None:
-    """Queue every outgoing record; the event's own score update also measures latency.
+#: logical output role -> topic name, for the direct sends below.
+output_topics = {role: topic.get_topic_name() for role, topic in outputs.items()}
 
-    ``send_soon`` queues without yielding to the event loop, so no other agent can process
-    the same customer between this record's state change and its outputs: the outputs of
-    one customer reach the producer in the order their state changed (three agents share the
-    table). The queue is the producer buffer Faust drains in order and flushes before every
-    offset commit; Faust pauses consumption while it is full.
+
+def _delivered(delivery: asyncio.Future) -> None:
+    """A delivery that failed after the producer took it (retries and timeout spent)."""
+    if not delivery.cancelled() and delivery.exception() is not None:
+        metrics.publish_errors.inc()
+        log.error("an outgoing record was not delivered: %s", type(delivery.exception()).__name__)
+
+
+async def publish(result: Result, started: float | None) -> None:
+    """Queue every outgoing record on the Kafka client, in order; the event's own score update
+    also measures latency (on its delivery).
+
+    Straight to the client (Faust's ``Producer.send``), not ``Topic.send_soon``: Faust's
+    per-message futures and producer buffer cost ~65 µs a record, at ~3 outputs an event.
+    The caller holds ``store.changing``, so no other agent changes the same customer's state
+    and queues its outputs in between (three agents share the table), even when a send waits
+    for room in the client's buffer; and the write-back that runs before each offset commit
+    takes the changed states under the same lock, then waits for every output queued so far
+    to be acknowledged before it writes them (see ``tables.TableStore.flush``).
     """
+    send = app.producer.send
     last_score = None
     if started is not None:  # a record's processing latency (not a wall-clock tick's)
         last_score = max((i for i, out in enumerate(result.outgoing) if out.topic_role == SCORES), default=None)
     for i, out in enumerate(result.outgoing):
-        callback = None
+        try:
+            delivery = await send(output_topics[out.topic_role], out.key, out.value, None, None, None)
+        except Exception as exc:  # noqa: BLE001 - one refused record (too large, ...) must not drop the others
+            metrics.publish_errors.inc()
+            log.error("the producer refused an outgoing %s record: %s", out.topic_role, type(exc).__name__)
+            continue
+        delivery.add_done_callback(_delivered)
         if i == last_score:
-            callback = lambda _fut, _start=started: metrics.latency.observe(time.perf_counter() - _start)  # noqa: E731
-        outputs[out.topic_role].send_soon(key=out.key, value=out.value, callback=callback)
+            delivery.add_done_callback(lambda _fut, _start=started: metrics.latency.observe(time.perf_counter() - _start))
 
 
 def _agent_for(role: str) -> Any:
@@ -171,9 +194,10 @@ async def advance_wall_clock() -> int:
     fired = 0
     for partition in list(engine.partitions):
         try:
-            with partition_context(partition):
-                result = engine.advance_clock(partition, now, store)
-            publish(result, None)
+            async with store.changing:
+                with partition_context(partition):
+                    result = engine.advance_clock(partition, now, store)
+                await publish(result, None)
             metrics.record_evaluations(result, partition, now)
             activity.record(result)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again; agents go on

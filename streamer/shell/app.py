@@ -62,6 +62,7 @@ app = StreamerApp(
     broker_heartbeat_interval=settings.heartbeat_interval,
     broker_rebalance_timeout=settings.rebalance_timeout,
     producer_linger=settings.linger_ms / 1000.0,
+    producer_max_batch_size=settings.producer_batch_bytes,
     consumer_auto_offset_reset="earliest",
     autodiscover=False,
     web_enabled=True,
@@ -70,6 +71,3 @@ app = StreamerApp(
 app.before_commit = []
 app.kafka_options = settings.security.client_options()
 app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # see recovery.StreamerConsumerThread
-# Faust stops handing input records to the agents whenever its producer buffer holds more than
-# this and drains it first; at its default of 100 a batch's outputs overran it constantly.
-app.producer.buffer.max_messages = settings.producer_buffer_messages

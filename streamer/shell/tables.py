@@ -21,6 +21,9 @@ from streamer.shell.flush_marks import MARK_KEY, FlushMarks, mark_value
 
 log = logging.getLogger(__name__)
 
+#: A write-back lets other tasks run after queueing this many states.
+YIELD_EVERY = 200
+
 
 class FlushMarkedTable(faust.Table):
     """A Faust table whose changelog is read back in whole write-backs only.
@@ -75,7 +78,8 @@ class TableStore:
     and the changelog — only in :meth:`flush`, which the consumer runs before every offset
     commit (see ``recovery.StreamerConsumer``):
 
-    1. the outputs queued so far are acknowledged by the broker;
+    1. the outputs queued so far are acknowledged by the broker (the changed states are taken
+       under :attr:`changing`, so all their outputs are queued by then);
     2. the changed states are written to the changelog and acknowledged;
     3. a flush mark per changelog partition closes the write-back (see
        :mod:`streamer.shell.flush_marks`): a reader applies a write-back whole or not at all;
@@ -97,6 +101,10 @@ class TableStore:
         #: The changes being written by :meth:`flush` (readable until they are in the table).
         self.flushing: dict[bytes, tuple[int, bytes | None]] = {}
         self._lock = asyncio.Lock()
+        #: Held by whoever changes states and queues their outputs (the agents, the wall-clock
+        #: tick) until the outputs are on the producer; :meth:`flush` takes the changed states
+        #: under it, so every state it writes has all its outputs queued before it.
+        self.changing = asyncio.Lock()
 
     def get(self, customer: str) -> CustomerState | None:
         key = customer.encode()
@@ -126,13 +134,20 @@ class TableStore:
     async def flush(self) -> int:
         """Write the states changed so far, after their outputs; returns how many."""
         async with self._lock:
-            if not self.pending:
-                return 0
-            changed, self.pending = self.pending, {}
-            self.flushing = changed  # still readable until they are in the table
+            async with self.changing:
+                if not self.pending:
+                    return 0
+                changed, self.pending = self.pending, {}
+                self.flushing = changed  # still readable until they are in the table
             try:
                 await self.table.app.producer.flush()  # the outputs of these changes are acknowledged first
-                deliveries = [await self._send(partition, key, raw) for key, (partition, raw) in changed.items()]
+                deliveries = []
+                for key, (partition, raw) in changed.items():
+                    deliveries.append(await self._send(partition, key, raw))
+                    if len(deliveries) % YIELD_EVERY == 0:
+                        # Let the agents go on meanwhile: queueing a few thousand states in one
+                        # go held the event loop for tens of milliseconds (the p99 of latency).
+                        await asyncio.sleep(0)
                 written = await asyncio.gather(*deliveries)
                 first: dict[int, int] = {}
                 for (partition, _raw), meta in zip(changed.values(), written):

@@ -9,9 +9,9 @@ How faust's test context behaves, read from faust-streaming 0.15.3's source:
 * ``agent.test_context()`` clones the agent onto an in-memory channel; ``put()`` builds a
   ``Message`` whose topic is the agent's real topic name, partition 0 (or the one given),
   offset counting from 0 per context, so the shell sees an ordinary event.
-* Table writes inside the agent need a "current event" (they have one: the agent runs in
-  the stream) and go to the changelog through ``producer.send_soon``, which only appends to
-  the producer's buffer — nothing talks to Kafka while the producer is not started.
+* State changes wait in ``tables.store`` until a write-back, which these tests run only
+  where they test it (with the producer's calls replaced); outputs go to ``app.producer.send``,
+  which the ``sends`` fixture replaces — nothing talks to Kafka.
 * For an agent that does not yield, ``put(wait=True)`` returns once the stream has handed
   the value to the agent, not once the agent has finished with it; ``feed`` below waits for
   the shell's ``handle`` to return instead, so tests never depend on scheduling order.
@@ -83,13 +83,35 @@ def clean_shell() -> Any:
     agents.engine.partitions.clear()
 
 
+class Deliveries(MagicMock):
+    """One output role's captured sends: called as ``mock(key=..., value=...)`` per record, with
+    the delivery future each send returned in ``deliveries`` (resolve one to play the broker's
+    acknowledgement)."""
+
+
 @pytest.fixture
 def sends(monkeypatch: pytest.MonkeyPatch) -> dict[str, MagicMock]:
-    """Capture what the agents produce: output role -> MagicMock standing in for ``Topic.send_soon``."""
-    mocks = {}
+    """Capture what the agents produce: output role -> a mock of the sends to that topic.
+
+    The shell queues outputs straight on the producer (``app.producer.send``), which here
+    records them and returns a delivery future nobody resolves unless a test does.
+    """
+    mocks: dict[str, MagicMock] = {}
+    role_of = {}
     for role, topic in channels.outputs.items():
-        mocks[role] = MagicMock(name=f"send_soon[{role}]")
-        monkeypatch.setattr(topic, "send_soon", mocks[role])
+        mocks[role] = Deliveries(name=f"send[{role}]")
+        mocks[role].deliveries = []
+        role_of[topic.get_topic_name()] = role
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: Any, timestamp: Any, headers: Any) -> asyncio.Future:
+        assert partition is None, "outputs are partitioned by key"
+        mock = mocks[role_of[topic]]
+        mock(key=key, value=value)
+        delivery = asyncio.get_running_loop().create_future()
+        mock.deliveries.append(delivery)
+        return delivery
+
+    monkeypatch.setattr(agents.app.producer, "send", send)
     return mocks
 
 

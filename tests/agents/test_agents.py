@@ -6,6 +6,7 @@ captures what the agents send to the output topics (see conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -323,18 +324,74 @@ async def test_metrics_failure_does_not_stop_the_agent(sends, feed, monkeypatch)
     assert sends["customer-scores"].call_count == 2
 
 
-async def test_score_send_carries_the_latency_callback(sends, feed):
+async def test_latency_is_measured_when_the_score_is_delivered(sends, feed):
     customer = "cust-agent-latency"
     async with agents.score_orders.test_context() as agent:
         await feed(agent, order_completed(customer, "ORD-G-1", 10.0), key=customer.encode())
 
-    assert all(call.kwargs["callback"] is None for call in sends["segment-changes"].call_args_list)
-    [score_call] = sends["customer-scores"].call_args_list
-    callback = score_call.kwargs["callback"]
-    assert callable(callback)
-    before = sample("clv_processing_latency_seconds_count")
-    callback(None)  # what the producer does once the record is handed over
-    assert sample("clv_processing_latency_seconds_count") == before + 1
+        before = sample("clv_processing_latency_seconds_count")
+        for delivery in sends["segment-changes"].deliveries:
+            delivery.set_result(None)
+        await asyncio.sleep(0)
+        assert sample("clv_processing_latency_seconds_count") == before  # not by other outputs
+        [score_delivery] = sends["customer-scores"].deliveries
+        score_delivery.set_result(None)  # what the producer does once the broker acknowledges it
+        await asyncio.sleep(0)
+        assert sample("clv_processing_latency_seconds_count") == before + 1
+
+
+async def test_a_refused_or_failed_output_is_counted_and_the_others_still_go(sends, feed, monkeypatch):
+    customer = "cust-agent-refused"
+    real_send = agents.app.producer.send
+
+    async def refuse_segment_changes(topic, key, value, *args):
+        if topic == agents.output_topics["segment-changes"]:
+            raise ValueError("record too large")  # what the client raises for a record it will not take
+        return await real_send(topic, key, value, *args)
+
+    monkeypatch.setattr(agents.app.producer, "send", refuse_segment_changes)
+    errors = sample("clv_publish_errors_total")
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-H-1", 10.0), key=customer.encode())
+        assert agent._crash_reason is None
+        refused = sample("clv_publish_errors_total") - errors
+        assert refused >= 1  # the first order changes at least the lifecycle segment
+        assert sends["customer-scores"].call_count == 1 and sends["campaign-triggers"].call_count == 1
+        # A record the producer took but could not deliver (retries spent) is counted too.
+        sends["customer-scores"].deliveries[0].set_exception(RuntimeError("delivery timed out"))
+        await asyncio.sleep(0)
+        assert sample("clv_publish_errors_total") - errors == refused + 1
+        assert state_of(customer) is not None
+
+
+async def test_outputs_of_one_customer_keep_their_order_when_a_send_waits(sends, handled, monkeypatch):
+    """A send that waits for room (the client's buffer is full) keeps the lock: the same
+    customer's next event, on another agent, queues its outputs only after these."""
+    customer = "cust-agent-order"
+    real_send = agents.app.producer.send
+    gate = asyncio.Event()
+    waited = []
+
+    async def slow_first_score(topic, key, value, *args):
+        if topic == agents.output_topics["customer-scores"] and not waited:
+            waited.append(True)
+            await gate.wait()
+        return await real_send(topic, key, value, *args)
+
+    monkeypatch.setattr(agents.app.producer, "send", slow_first_score)
+    async with agents.score_orders.test_context() as orders, agents.score_email_events.test_context() as emails:
+        await orders.put(order_completed(customer, "ORD-I-1", 10.0), key=customer.encode())
+        while not waited:
+            await asyncio.sleep(0)
+        await emails.put(retarget("email-opened.v1.campaign", customer, time="2025-03-02T12:00:00Z"), key=customer.encode())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not handled.results and sends["customer-scores"].call_count == 0  # the email waits for the lock
+        gate.set()
+        await handled.wait_for(2)
+    causes = [score["data"]["cause"]["event_id"] for _, score in sent(sends["customer-scores"])]
+    assert [r.event_type for r in handled.results] == ["Order Completed", "Email Opened"]
+    assert causes[0] == "ORD-I-1-completed" and len(causes) == 2
 
 
 # -- web pages -----------------------------------------------------------------------------

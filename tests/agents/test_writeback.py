@@ -97,6 +97,23 @@ async def test_changes_made_while_the_outputs_are_awaited_stay_readable(monkeypa
     assert len(CustomerState.from_bytes(tables.customers.data[b"d"]).orders) == 1
 
 
+async def test_the_write_back_waits_while_a_record_is_being_published(order: list[Any]) -> None:
+    """An agent holds ``changing`` from a state change until its outputs are queued: the
+    write-back may not take that state before all its outputs are on the producer."""
+    store = tables.TableStore(tables.customers)
+    await store.changing.acquire()  # an agent between store.put and its last send
+    store.put("g", state("g", n=1))
+    flushing = asyncio.create_task(store.flush())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == [] and b"g" in store.pending and not flushing.done()
+    store.put("g", state("g", n=2))  # the same record's change is complete only now
+    store.changing.release()
+    assert await flushing == 1
+    assert order[0] == "outputs flushed"
+    assert len(CustomerState.from_bytes(tables.customers.data[b"g"]).orders) == 2
+
+
 async def test_the_consumer_flushes_between_choosing_and_committing_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     consumer = MagicMock(spec=recovery.StreamerConsumer)
