@@ -30,6 +30,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
         self._rate_samples: deque[tuple[float, float]] = deque(maxlen=7)
+        #: (metric, label values) -> child, see _child.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.consumed = Counter(
             "clv_events_consumed_total", "Input records consumed, by topic and event type.", ["topic", "type"], registry=registry
         )
@@ -108,27 +110,39 @@ class Metrics:
         self.refits.inc()
         self.refit_seconds.set(seconds)
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: the lookup (validation, a lock) cost more
+        than the increment, several times per record. Label values are bounded sets (topics,
+        event types, reasons, segments, partitions), never ids."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def record(self, topic: str, partition: int, result: Result, event_time: float | None) -> None:
         """Count one processed record (latency is observed when the score is acknowledged)."""
+        child = self._child
         if result.rejected is not None:
-            self.consumed.labels(topic, "invalid").inc()
-            self.invalid.labels(topic, result.rejected).inc()
+            child(self.consumed, topic, "invalid").inc()
+            child(self.invalid, topic, result.rejected).inc()
         else:
-            self.consumed.labels(topic, result.event_type or "unknown").inc()
+            child(self.consumed, topic, result.event_type or "unknown").inc()
             if result.duplicate:
-                self.duplicates.labels(topic).inc()
+                child(self.duplicates, topic).inc()
             if result.erased is not None:
-                self.erasures.labels(str(result.erased).lower()).inc()
+                child(self.erasures, str(result.erased).lower()).inc()
         self.record_evaluations(result, partition, event_time)
 
     def record_evaluations(self, result: Result, partition: int, event_time: float | None) -> None:
         """What evaluating customers produced, with or without an input record (a wall-clock tick)."""
+        child = self._child
         for t in result.transitions:
-            self.transitions.labels(t.family, t.old or "none", t.new or "none").inc()
+            child(self.transitions, t.family, t.old or "none", t.new or "none").inc()
         for outcome in result.triggers:
-            self.triggers.labels(outcome.trigger, outcome.status).inc()
+            child(self.triggers, outcome.trigger, outcome.status).inc()
         for out in result.outgoing:
-            self.published.labels(out.topic_role).inc()
+            child(self.published, out.topic_role).inc()
         if result.timers_fired:
             self.timers.inc(result.timers_fired)
         if result.labels_learned:
@@ -138,7 +152,7 @@ class Metrics:
         if result.timer_errors:
             self.timer_errors.inc(result.timer_errors)
         if event_time is not None:
-            self.event_time.labels(str(partition)).set(event_time)
+            child(self.event_time, str(partition)).set(event_time)
 
     def consumed_total(self) -> float:
         return sum(s.value for m in self.consumed.collect() for s in m.samples if s.name.endswith("_total"))

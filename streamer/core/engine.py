@@ -217,6 +217,10 @@ class Engine:
         self.limits = limits or Limits()
         self.scorers: list[Scorer] = scorers if scorers is not None else default_scorers(self.config)
         self._explained_scorers = [s for s in self.scorers if not isinstance(s, LearnedScorer)]
+        # Looked up once: every evaluation asks (the scorer list is fixed; a refit swaps the
+        # BTYD scorer's model, not the scorer).
+        self._btyd = next((s for s in self.scorers if isinstance(s, BTYDScorer)), None)
+        self._online = next((s for s in self.scorers if isinstance(s, LearnedScorer)), None)
         self.wall_clock = wall_clock
         #: "event": a partition's clock is its newest event time (replays = live); "wall":
         #: also the wall clock, so timers fire on time in quiet partitions (see advance_clock).
@@ -230,11 +234,11 @@ class Engine:
 
     @property
     def btyd(self) -> BTYDScorer | None:
-        return next((s for s in self.scorers if isinstance(s, BTYDScorer)), None)
+        return self._btyd
 
     @property
     def online(self) -> LearnedScorer | None:
-        return next((s for s in self.scorers if isinstance(s, LearnedScorer)), None)
+        return self._online
 
     def population_summaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         """(x, t_x, T, mean repeat value, now) over every customer with orders, in days.
