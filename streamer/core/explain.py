@@ -46,6 +46,7 @@ Texts name amounts, days and scores, never the customer.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Callable
 
 from streamer.core.config import DAY
@@ -86,6 +87,8 @@ _COPY: dict[str, tuple[str, ...]] = {
     PURCHASES: _DETECT[PURCHASES] + ("aov", "margin_rate", "mean_interval_days", "purchases_per_year", "repeat_transactions"),
 }
 _GROUPS = tuple(_DETECT)
+#: group -> function returning the group's detected fields of a Features, as a tuple.
+_DETECT_VALUES = {group: attrgetter(*names, names[0]) for group, names in _DETECT.items()}  # 2+ names: always a tuple
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def explain(
         return []
     if before is None:
         return _rank(_first_event(after, scores_after, headline), top)
-    changed = [g for g in _GROUPS if _differs(before, after, _DETECT[g])]
+    changed = [g for g in _GROUPS if _differs(before, after, _DETECT_VALUES[g])]
     if not changed:
         return []
     if scores_before is None:
@@ -183,9 +186,11 @@ def _mix(base: Features, donor: Features, groups: frozenset[str]) -> Features:
     return replace(base, **kw)
 
 
-def _differs(a: Features, b: Features, names: tuple[str, ...]) -> bool:
-    for name in names:
-        x, y = getattr(a, name), getattr(b, name)
+def _differs(a: Features, b: Features, values: Callable[[Features], tuple]) -> bool:
+    xs, ys = values(a), values(b)
+    if xs == ys:  # the common case, in one comparison
+        return False
+    for x, y in zip(xs, ys):
         if x == y:
             continue
         if isinstance(x, float) and isinstance(y, float) and abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y)):

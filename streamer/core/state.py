@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import zlib
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,6 +40,36 @@ COMMUNITY_COUNTERS = {
     "Review Posted": "reviews",
     "Referral Made": "referrals",
 }
+
+
+#: Stored states (the table, its changelog) are raw deflate against this dictionary, after a
+#: one-byte marker: ~890 bytes of state JSON become ~225 (measured over the shop simulator's
+#: customers), for ~18 µs to write and ~5 µs to read one. The dictionary is a state's text
+#: with its usual keys and values, so what repeats from customer to customer costs a few
+#: bits. NEVER CHANGE IT: stored states can only be read with the dictionary they were
+#: written with. A new one needs a new marker (and this one kept for reading).
+STATE_ZDICT = (
+    b'"preferences":[],"goal":"","problem":"","answers_accepted":0,"posts":0,"replies":0,"rating_sum":0,'
+    b'"unsubscribed":true,"hard_bounced":true,"bounced":0,"survey_request":[0.0,0.0],"vip_welcome":[0.0,0.0],'
+    b'"referral_thanks":[0.0,0.0],"advocate_invitation":[0.0,0.0],"reactivation":[0.0,0.0],"win_back":[0.0,0.0],'
+    b'"upsell_advanced":[0.0,0.0],"overdue":[0.0,0.0],'
+    b'"lifecycle":"new","lifecycle":"active","lifecycle":"loyal","lifecycle":"at_risk","lifecycle":"lapsed",'
+    b'"value_tier":"top","value_tier":"high","value_tier":"mid","value_tier":"low",'
+    b'"churn_band":"low","churn_band":"medium","churn_band":"high",'
+    b'"engagement":"engaged","engagement":"passive","engagement":"dormant","advocate":null,"community":null,"goal":null,'
+    b'{"customer":"","partition":0,"last_event_at":1700000000.0,"orders":{"":[1700000000.0,0.0,0.0,0.0,1]},"refunds":{},'
+    b'"archive":[0,0.0,0.0,0.0,0,0.0,0.0,0.0],"archived_ids":[],'
+    b'"email":{"first_at":1700000000.0,"delivered":0,"opened":0,"last_engaged_at":1700000000.0,"clicked":0},'
+    b'"survey":{},"community":{"referrals":0,"last_active_at":1700000000.0,"reviews":0,"joined_at":1700000000.0},"seen":[""],'
+    b'"segments":{"lifecycle":"active","value_tier":"mid","churn_band":"low","engagement":"engaged","advocate":null,"community":null,"goal":null},'
+    b'"value":0.0,"risk":0.0,"next_due":1700000000.0,"scored_at":1700000000.0,'
+    b'"pending":[2,1700000000.0,0.0,0.0,0.0,0.0,1.0,0.0,0.0,0.0,0.0,0.0],'
+    b'"triggers":{"onboarding":[1700000000.0,1700000000.0]},"v":1}'
+)
+#: First byte of a deflated state; a plain JSON one (what earlier versions stored, still
+#: read) begins with "{".
+DEFLATED_STATE = b"z"
+_DEFLATE_LEVEL = 6  # level 1: ~15 % larger for ~3 µs less
 
 
 @dataclass
@@ -81,15 +112,26 @@ class CustomerState:
     triggers: dict[str, list[float]] = field(default_factory=dict)
     v: int = STATE_VERSION
 
-    def to_bytes(self) -> bytes:
-        # orjson writes into a buffer that starts at several KiB and hands back a bytes
-        # object still holding that allocation: kept in a table, each ~0.9 KB state cost
-        # ~8 KB of memory (measured: 9.1 KB resident per customer, 2.0 KB with the copy).
-        # An exact-size copy costs ~1 µs.
-        return memoryview(orjson.dumps(self)).tobytes()
+    def to_bytes(self, deflate: bool = True) -> bytes:
+        """The stored form: deflated JSON (see ``STATE_ZDICT``), or plain JSON with
+        ``deflate=False``. The result is a fresh bytes object of its exact size (orjson's own
+        output keeps an ~8 KiB allocation: kept in a table, each state cost ~8 KB of memory)."""
+        if not deflate:
+            return memoryview(orjson.dumps(self)).tobytes()
+        compressor = zlib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, STATE_ZDICT)
+        return DEFLATED_STATE + compressor.compress(orjson.dumps(self)) + compressor.flush()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "CustomerState":
+        """Read a stored state: deflated (this version) or plain JSON (earlier versions)."""
+        if raw[:1] == DEFLATED_STATE:
+            inflate = zlib.decompressobj(-15, STATE_ZDICT)
+            try:
+                raw = inflate.decompress(memoryview(raw)[1:]) + inflate.flush()
+            except zlib.error as exc:
+                raise ValueError(f"corrupt state: {exc}") from None
+            if not inflate.eof:
+                raise ValueError("corrupt state: truncated")
         doc = orjson.loads(raw)
         version = doc.get("v")
         if version != STATE_VERSION:

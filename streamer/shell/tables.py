@@ -94,8 +94,9 @@ class TableStore:
     had.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, deflate: bool = True) -> None:
         self.table = table
+        self.deflate = deflate  # STATE_COMPRESSION: how states are stored
         #: key -> (partition, state bytes or None for a deletion), newest change per key.
         self.pending: dict[bytes, tuple[int, bytes | None]] = {}
         #: The changes being written by :meth:`flush` (readable until they are in the table).
@@ -113,7 +114,7 @@ class TableStore:
         return CustomerState.from_bytes(raw) if raw is not None else None
 
     def put(self, customer: str, state: CustomerState) -> None:
-        self.pending[customer.encode()] = (state.partition, state.to_bytes())
+        self.pending[customer.encode()] = (state.partition, state.to_bytes(self.deflate))
 
     def delete(self, customer: str, partition: int) -> None:
         self.pending[customer.encode()] = (partition, None)
@@ -180,7 +181,7 @@ class TableStore:
             return len(changed)
 
 
-store = TableStore(customers)
+store = TableStore(customers, deflate=settings.state_compression == "deflate")
 app.before_commit.append(store.flush)
 
 

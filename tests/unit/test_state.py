@@ -403,6 +403,25 @@ def test_state_roundtrip_and_version():
         CustomerState.from_bytes(orjson.dumps(doc))
 
 
+def test_stored_states_are_deflated_and_plain_json_ones_still_read():
+    import orjson
+
+    from streamer.core.state import DEFLATED_STATE
+
+    state = fold([order("o1", T0, 12.5, 3.25), order("o2", T0 + DAY, 40.0, 10.0), other("e1", "Email Opened", T0 + 2, {"email_id": "m"})])
+    state.segments = {"lifecycle": "active", "value_tier": "mid", "churn_band": "low", "engagement": "engaged"}
+    state.triggers = {"onboarding": [T0 + 60.0, T0 + 60.0]}
+    stored = state.to_bytes()
+    text = orjson.dumps(state)
+    assert stored[:1] == DEFLATED_STATE and len(stored) < 0.5 * len(text)
+    assert CustomerState.from_bytes(stored) == state
+    assert CustomerState.from_bytes(text) == state  # what an earlier version left in a changelog
+    assert state.to_bytes(deflate=False) == text  # STATE_COMPRESSION=none
+    for broken in (stored[:-3], DEFLATED_STATE + b"garbage"):
+        with pytest.raises(ValueError, match="corrupt state"):
+            CustomerState.from_bytes(broken)
+
+
 def test_redelivery_of_an_archived_order_is_still_a_duplicate() -> None:
     from corekit import DAY, T0, order
 
