@@ -12,8 +12,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamer.core.engine import Record
+from streamer.core.state import DEFLATED_STATE, CustomerState
 
 _partitioner = DefaultPartitioner()
+
+
+def decode(value: bytes | None) -> dict | None:
+    """A record's JSON; a stored customer state (the state changelog) as its dict; None for a
+    tombstone (no value)."""
+    if value is None:
+        return None
+    if value[:1] == DEFLATED_STATE:
+        return CustomerState.from_bytes(value).to_dict()
+    return orjson.loads(value)
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -64,8 +75,7 @@ class Kafka:
 
     async def _collect(self) -> None:
         async for message in self.consumer:
-            # A tombstone (no value) has doc None.
-            doc = orjson.loads(message.value) if message.value is not None else None
+            doc = decode(message.value)
             self.outputs.append(Output(message.topic, message.partition, message.offset, message.key, doc))
 
     async def send(self, topic: str, role: str, key: bytes | None, value: bytes) -> Record:
