@@ -123,7 +123,13 @@ async def publish(result: Result, started: float | None) -> None:
             continue
         delivery.add_done_callback(_delivered)
         if i == last_score:
-            delivery.add_done_callback(lambda _fut, _start=started: metrics.latency.observe(time.perf_counter() - _start))
+            delivery.add_done_callback(lambda fut, start=started: _observe_latency(fut, start))
+
+
+def _observe_latency(delivery: asyncio.Future, started: float) -> None:
+    """Processing latency of a record: from taking it to its score update acknowledged."""
+    if not delivery.cancelled() and delivery.exception() is None:
+        metrics.latency.observe(time.perf_counter() - started)
 
 
 def _agent_for(role: str) -> Any:

@@ -358,9 +358,11 @@ async def test_a_refused_or_failed_output_is_counted_and_the_others_still_go(sen
         assert refused >= 1  # the first order changes at least the lifecycle segment
         assert sends["customer-scores"].call_count == 1 and sends["campaign-triggers"].call_count == 1
         # A record the producer took but could not deliver (retries spent) is counted too.
+        latencies = sample("clv_processing_latency_seconds_count")
         sends["customer-scores"].deliveries[0].set_exception(RuntimeError("delivery timed out"))
         await asyncio.sleep(0)
         assert sample("clv_publish_errors_total") - errors == refused + 1
+        assert sample("clv_processing_latency_seconds_count") == latencies  # not a latency: it never arrived
         assert state_of(customer) is not None
 
 
