@@ -31,6 +31,7 @@ from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
 from streamer.models.learned import LearnedScorer
 from streamer.models.online import DelayedLabelLearner
 from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
+from streamer.core.refit_rows import RefitRows
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
@@ -146,7 +147,7 @@ class PartitionClock:
     customers: int = 0
     #: customer -> (repeat purchase days, first order time, last order time, mean repeat
     #: value): what a population refit needs, without reading the table.
-    btyd_rows: dict[str, tuple[int, float, float, float]] = field(default_factory=dict)
+    btyd_rows: RefitRows = field(default_factory=RefitRows)
     #: Customers per (family, segment), and per churn-risk bucket: what /segments and the
     #: dashboard show, kept up to date on every change instead of scanning the table.
     populations: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -186,7 +187,7 @@ class PartitionClock:
         customer = state.customer
         self.schedule(customer, None)
         self.ranks.update(customer, None)
-        self.btyd_rows.pop(customer, None)
+        self.btyd_rows.pop(customer)
         for family, segment in state.segments.items():
             self.count_segment(family, segment, None)
         self.count_risk(state.risk, None)
@@ -246,16 +247,15 @@ class Engine:
         T runs to each partition's own event-time clock, which is where that partition's
         customers are scored.
         """
-        rows = [
-            (x, (last - first) / DAY, (clock.now - first) / DAY, m)
-            for clock in self.partitions.values()
-            for (x, first, last, m) in clock.btyd_rows.values()
-        ]
+        parts = []
+        for clock in self.partitions.values():
+            x, first, last, m = clock.btyd_rows.columns()
+            parts.append((x, (last - first) / DAY, (clock.now - first) / DAY, m))
         now = max((clock.now for clock in self.partitions.values()), default=0.0)
-        if not rows:
+        if not parts:
             empty = np.zeros(0)
             return empty, empty, empty, empty, now
-        x, t_x, T, m = (np.asarray(column, dtype=float) for column in zip(*rows))
+        x, t_x, T, m = (np.concatenate(column) for column in zip(*parts))
         return x, t_x, np.maximum(T, t_x), m, now
 
     def export_models(self) -> dict[str, bytes]:
@@ -323,7 +323,7 @@ class Engine:
         clock.customers = count
         for state in states_with_orders:
             f = features_mod.compute(state, clock.now, self.config)
-            clock.btyd_rows[state.customer] = (f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
+            clock.btyd_rows.set(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
         return count
 
     @property
@@ -485,7 +485,7 @@ class Engine:
             online.remember(state, feats, now)
         clv = scores["formula_clv"] if feats.orders else None
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
-            clock.btyd_rows[state.customer] = (feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
+            clock.btyd_rows.set(state.customer, feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
         clock.ranks.update(state.customer, clv)
         config = self.config
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, config)}

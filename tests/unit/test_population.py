@@ -94,3 +94,63 @@ def test_scalar_p_alive_equals_the_vectorised_formula():
         if t_x > T or (x == 0 and t_x):
             continue
         assert _p_alive(params, x, t_x, T) == pytest.approx(float(btyd.p_alive(params, x, t_x, T)), rel=1e-12, abs=1e-300)
+
+
+def test_the_refit_snapshot_is_what_the_states_say() -> None:
+    """Engine.population_summaries (packed per-partition rows, kept up to date on every
+    evaluation, erasure and restore) equals the summaries computed from the states themselves."""
+    import zlib
+    from datetime import datetime, timedelta, timezone
+
+    import orjson
+
+    from streamer.core import features
+    from streamer.core.config import DAY
+    from streamer.core.engine import DictStore, Engine, Record
+    from streamer.simulator import ShopSimulator
+
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    engine, store = Engine(), DictStore()
+    sim = ShopSimulator(400, start, seed=4, acquisition_days=80)
+    offset = 0
+
+    def feed(events: list) -> None:
+        nonlocal offset
+        for role, key, value in events:
+            engine.process(Record(role, role, zlib.crc32(key) % 4, offset, key, value), store)
+            offset += 1
+
+    feed(list(sim.raw_events(until=start + timedelta(days=40))))
+    erased = sorted(c for c, s in store.data.items() if s.orders)[:25]
+    for customer in erased:
+        request = {
+            "specversion": "1.0", "id": f"erase-{customer}", "source": "/test", "type": "Erasure Requested",
+            "time": "2025-02-10T00:00:00Z", "subject": customer, "data": {"request_id": f"dsr-{customer}"},
+        }
+        feed([("erasure-requests", customer.encode(), orjson.dumps(request))])
+    assert not any(customer in store.data for customer in erased)
+    # Customers acquired after the erasures take the freed slots.
+    feed(list(sim.raw_events(until=start + timedelta(days=90))))
+
+    def expected() -> list[tuple[float, ...]]:
+        out = []
+        for state in store.data.values():
+            clock = engine.partitions[state.partition]
+            f = features.compute(state, clock.now, engine.config)
+            if f.orders and f.first_order_at is not None:
+                t_x = (f.last_order_at - f.first_order_at) / DAY
+                out.append((f.repeat_transactions, t_x, max((clock.now - f.first_order_at) / DAY, t_x), f.repeat_mean_value))
+        return sorted(tuple(round(v, 9) for v in row) for row in out)
+
+    def actual(engine: Engine) -> list[tuple[float, ...]]:
+        x, t_x, T, m, _now = engine.population_summaries()
+        return sorted(tuple(round(v, 9) for v in row) for row in zip(x.tolist(), t_x.tolist(), T.tolist(), m.tolist()))
+
+    want = expected()
+    assert len(want) > 200
+    assert actual(engine) == want
+    # A restarted worker rebuilds the same rows from the recovered states.
+    restored = Engine()
+    for partition in engine.partitions:
+        restored.restore_partition(partition, [s for s in store.data.values() if s.partition == partition])
+    assert actual(restored) == want
