@@ -12,6 +12,7 @@ import gc
 import logging
 import time
 from collections import defaultdict
+from functools import partial
 from typing import Any, AsyncIterator
 
 
@@ -91,11 +92,17 @@ async def handle(role: str, event: Any) -> Result:
 output_topics = {role: topic.get_topic_name() for role, topic in outputs.items()}
 
 
-def _delivered(delivery: asyncio.Future) -> None:
-    """A delivery that failed after the producer took it (retries and timeout spent)."""
-    if not delivery.cancelled() and delivery.exception() is not None:
+def _delivered(delivery: asyncio.Future, started: float | None = None) -> None:
+    """An outgoing record's delivery is settled: count it if it failed after the producer
+    took it (retries and timeout spent); if it is a record's score update (``started`` set),
+    observe the record's processing latency, from taking it to the score acknowledged."""
+    if delivery.cancelled():
+        return
+    if delivery.exception() is not None:
         metrics.publish_errors.inc()
         log.error("an outgoing record was not delivered: %s", type(delivery.exception()).__name__)
+    elif started is not None:
+        metrics.latency.observe(time.perf_counter() - started)
 
 
 async def publish(result: Result, started: float | None) -> None:
@@ -121,15 +128,7 @@ async def publish(result: Result, started: float | None) -> None:
             metrics.publish_errors.inc()
             log.error("the producer refused an outgoing %s record: %s", out.topic_role, type(exc).__name__)
             continue
-        delivery.add_done_callback(_delivered)
-        if i == last_score:
-            delivery.add_done_callback(lambda fut, start=started: _observe_latency(fut, start))
-
-
-def _observe_latency(delivery: asyncio.Future, started: float) -> None:
-    """Processing latency of a record: from taking it to its score update acknowledged."""
-    if not delivery.cancelled() and delivery.exception() is None:
-        metrics.latency.observe(time.perf_counter() - started)
+        delivery.add_done_callback(partial(_delivered, started=started) if i == last_score else _delivered)
 
 
 def _agent_for(role: str) -> Any:
