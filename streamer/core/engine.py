@@ -31,7 +31,7 @@ from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
 from streamer.models.learned import LearnedScorer
 from streamer.models.online import DelayedLabelLearner
 from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
-from streamer.core.refit_rows import RefitRows
+from streamer.core.partition_columns import PartitionColumns
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
@@ -139,15 +139,15 @@ class PartitionClock:
     """Event-time clock, due-queue and value ranking of one partition."""
 
     now: float = 0.0
-    #: Heap of (due time, customer); may hold stale entries, ``due_of`` says which are current.
+    #: Heap of (due time, customer); may hold stale entries, the ``due`` column of
+    #: ``columns`` says which are current.
     due: list[tuple[float, str]] = field(default_factory=list)
-    due_of: dict[str, float] = field(default_factory=dict)
+    #: Per customer: due time, ranked CLV, and what a population refit needs (repeat purchase
+    #: days, first and last order time, mean repeat value), without reading the table.
+    columns: PartitionColumns = field(default_factory=PartitionColumns)
     ranks: segments.PartitionRanks = field(default_factory=segments.PartitionRanks)
     #: Customers in this partition's state (kept here so the gauge needs no table scan).
     customers: int = 0
-    #: customer -> (repeat purchase days, first order time, last order time, mean repeat
-    #: value): what a population refit needs, without reading the table.
-    btyd_rows: RefitRows = field(default_factory=RefitRows)
     #: Customers per (family, segment), and per churn-risk bucket: what /segments and the
     #: dashboard show, kept up to date on every change instead of scanning the table.
     populations: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -169,25 +169,29 @@ class PartitionClock:
 
     def schedule(self, customer: str, due: float | None) -> None:
         """Set (or clear) a customer's due time; O(log n), no scan of other customers."""
+        columns = self.columns
         if due is None:
-            self.due_of.pop(customer, None)
+            columns.set_due(customer, None)
             return
-        if self.due_of.get(customer) == due:
+        if columns.due_of(customer) == due:
             return
-        self.due_of[customer] = due
+        columns.set_due(customer, due)
         heapq.heappush(self.due, (due, customer))
-        if len(self.due) > 2 * len(self.due_of) + 1024:
+        if len(self.due) > 2 * len(columns) + 1024:
             # Stale entries pile up as customers keep buying; rebuild so memory stays
             # proportional to customers, not to events.
-            self.due = [(d, c) for c, d in self.due_of.items()]
+            self.due = [(d, c) for c, d in columns.due_times().items()]
             heapq.heapify(self.due)
+
+    def set_value(self, customer: str, value: float | None) -> None:
+        """Set (or clear) the CLV a customer is ranked by."""
+        self.ranks.replace(self.columns.set_value(customer, value), value)
 
     def forget(self, state: CustomerState) -> None:
         """Remove a customer from every structure of the partition (erasure)."""
         customer = state.customer
-        self.schedule(customer, None)
-        self.ranks.update(customer, None)
-        self.btyd_rows.pop(customer)
+        self.set_value(customer, None)
+        self.columns.release(customer)
         for family, segment in state.segments.items():
             self.count_segment(family, segment, None)
         self.count_risk(state.risk, None)
@@ -197,8 +201,8 @@ class PartitionClock:
         """The next current (due, customer) at or before ``now``, or None."""
         while self.due and self.due[0][0] <= self.now:
             due, customer = heapq.heappop(self.due)
-            if self.due_of.get(customer) == due:
-                del self.due_of[customer]
+            if self.columns.due_of(customer) == due:
+                self.columns.set_due(customer, None)
                 return due, customer
         return None
 
@@ -249,7 +253,7 @@ class Engine:
         """
         parts = []
         for clock in self.partitions.values():
-            x, first, last, m = clock.btyd_rows.columns()
+            x, first, last, m = clock.columns.refit_columns()
             parts.append((x, (last - first) / DAY, (clock.now - first) / DAY, m))
         now = max((clock.now for clock in self.partitions.values()), default=0.0)
         if not parts:
@@ -306,24 +310,27 @@ class Engine:
         clock = self.partitions[partition] = PartitionClock()
         count = 0
         states_with_orders = []
+        columns, values = clock.columns, []
         for state in states:
             count += 1
             if state.orders or state.archive[0]:
                 states_with_orders.append(state)
             clock.now = max(clock.now, state.last_event_at)
             if state.value is not None:
-                clock.ranks.update(state.customer, state.value)
+                columns.set_value(state.customer, state.value)
+                values.append(state.value)
             for family, segment in state.segments.items():
                 clock.count_segment(family, None, segment)
             clock.count_risk(None, state.risk)
             if state.next_due is not None:
-                clock.due_of[state.customer] = state.next_due
-        clock.due = [(d, c) for c, d in clock.due_of.items()]
+                columns.set_due(state.customer, state.next_due)
+        clock.ranks.extend(values)  # one sort, not an insertion per customer
+        clock.due = [(d, c) for c, d in columns.due_times().items()]
         heapq.heapify(clock.due)
         clock.customers = count
         for state in states_with_orders:
             f = features_mod.compute(state, clock.now, self.config)
-            clock.btyd_rows.set(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
+            columns.set_refit(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
         return count
 
     @property
@@ -485,8 +492,8 @@ class Engine:
             online.remember(state, feats, now)
         clv = scores["formula_clv"] if feats.orders else None
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
-            clock.btyd_rows.set(state.customer, feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
-        clock.ranks.update(state.customer, clv)
+            clock.columns.set_refit(state.customer, feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
+        clock.set_value(state.customer, clv)
         config = self.config
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, config)}
         if clv is not None:

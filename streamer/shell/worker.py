@@ -38,6 +38,9 @@ async def wait_for_broker(settings: Any) -> list[str]:
 
 
 def run() -> None:
+    from streamer.shell import allocator
+
+    allocator.fix_trim_threshold()  # before the large buffers of a running worker come and go
     from streamer.shell.app import app, settings
 
     if settings.event_loop == "uvloop":

@@ -189,26 +189,29 @@ def test_lifecycle_is_constant_until_the_next_change(history, fractions, loyal_w
 def test_partition_ranks():
     ranks = PartitionRanks()
     assert (len(ranks), ranks.quantile(5.0)) == (0, 0.0)
-    for customer, value in {"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0}.items():
-        ranks.update(customer, value)
+    for value in (10.0, 20.0, 30.0, 40.0):
+        ranks.replace(None, value)
     assert len(ranks) == 4
     assert [ranks.quantile(v) for v in (5.0, 10.0, 25.0, 30.0, 40.0, 45.0)] == [0.0, 0.0, 0.5, 0.5, 0.75, 1.0]
-    ranks.update("a", 50.0)  # a moves to the top: its old value is gone
+    ranks.replace(10.0, 50.0)  # a customer moves to the top: its old value is gone
     assert len(ranks) == 4
     assert ranks.quantile(50.0) == 0.75
     assert ranks.quantile(20.0) == 0.0
-    ranks.update("b", None)
+    ranks.replace(20.0, None)
     assert len(ranks) == 3
     assert ranks.quantile(30.0) == 0.0
-    ranks.update("zz", None)  # unknown customer, no value: nothing happens
-    assert len(ranks) == 3
+    ranks.replace(None, None)  # a customer without a value, and none now: nothing happens
+    ranks.replace(99.0, None)  # a value that is not ranked is not removed in its neighbour's place
+    assert ranks.values().tolist() == [30.0, 40.0, 50.0]
+    ranks.extend([35.0, 5.0])
+    assert ranks.values().tolist() == [5.0, 30.0, 35.0, 40.0, 50.0]
 
 
 def test_partition_ranks_with_equal_values():
     ranks = PartitionRanks()
-    for c in "abc":
-        ranks.update(c, 7.0)
-    ranks.update("b", 1.0)
+    for _ in "abc":
+        ranks.replace(None, 7.0)
+    ranks.replace(7.0, 1.0)
     assert len(ranks) == 3
     assert ranks.quantile(7.0) == pytest.approx(1 / 3)
     assert ranks.quantile(1.0) == 0.0
@@ -217,7 +220,7 @@ def test_partition_ranks_with_equal_values():
 def populated(n: int) -> PartitionRanks:
     ranks = PartitionRanks()
     for i in range(n):
-        ranks.update(f"c{i}", float(i))
+        ranks.replace(None, float(i))
     return ranks
 
 
@@ -254,7 +257,7 @@ def test_value_tier_hysteresis_keeps_a_customer_near_a_boundary() -> None:
     cfg = ScoringConfig(value_tier_min_population=1, value_tier_hysteresis=0.05)
     ranks = PartitionRanks()
     for n in range(100):
-        ranks.update(f"c{n}", float(n))
+        ranks.replace(None, float(n))
     # Quantile 0.58: "medium" by the cut at 0.6, but a "high" customer keeps "high" (band 0.55+).
     assert value_tier(58.0, ranks, cfg).segment == "medium"
     assert value_tier(58.0, ranks, cfg, current="high").segment == "high"
