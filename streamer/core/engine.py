@@ -5,14 +5,13 @@ state lives (a Faust table, a dict) and where outgoing records go differ.
 
 Time is *event time*: each partition keeps a clock at the newest event time it has seen.
 Changes that happen with no new event from a customer (at risk, lapsed, loyalty ending) are
-kept in a due-queue (a heap) per partition and fired when the partition clock passes them,
+kept in a due-queue per partition (`due_queue.DueQueue`) and fired when the partition clock passes them,
 at exactly their due time — so replaying a year of history gives the same segment changes,
 with the same timestamps and ids, as living through it.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 
 import numpy as np
@@ -31,6 +30,7 @@ from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
 from streamer.models.learned import LearnedScorer
 from streamer.models.online import DelayedLabelLearner
 from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
+from streamer.core.due_queue import DueQueue
 from streamer.core.partition_columns import PartitionColumns
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
@@ -139,12 +139,11 @@ class PartitionClock:
     """Event-time clock, due-queue and value ranking of one partition."""
 
     now: float = 0.0
-    #: Heap of (due time, customer); may hold stale entries, the ``due`` column of
-    #: ``columns`` says which are current.
-    due: list[tuple[float, str]] = field(default_factory=list)
     #: Per customer: due time, ranked CLV, and what a population refit needs (repeat purchase
     #: days, first and last order time, mean repeat value), without reading the table.
     columns: PartitionColumns = field(default_factory=PartitionColumns)
+    #: Customers by due time; may hold stale entries, the ``due`` column says which are current.
+    due: DueQueue = field(init=False)
     ranks: segments.PartitionRanks = field(default_factory=segments.PartitionRanks)
     #: Customers in this partition's state (kept here so the gauge needs no table scan).
     customers: int = 0
@@ -152,6 +151,9 @@ class PartitionClock:
     #: dashboard show, kept up to date on every change instead of scanning the table.
     populations: Counter[tuple[str, str]] = field(default_factory=Counter)
     risk_histogram: list[int] = field(default_factory=lambda: [0] * RISK_BUCKETS)
+
+    def __post_init__(self) -> None:
+        self.due = DueQueue(self.columns.due_of)
 
     def count_segment(self, family: str, old: str | None, new: str | None) -> None:
         if old is not None:
@@ -176,12 +178,11 @@ class PartitionClock:
         if columns.due_of(customer) == due:
             return
         columns.set_due(customer, due)
-        heapq.heappush(self.due, (due, customer))
+        self.due.push(customer, due)
         if len(self.due) > 2 * len(columns) + 1024:
             # Stale entries pile up as customers keep buying; rebuild so memory stays
             # proportional to customers, not to events.
-            self.due = [(d, c) for c, d in columns.due_times().items()]
-            heapq.heapify(self.due)
+            self.due.rebuild(columns.due_times().items())
 
     def set_value(self, customer: str, value: float | None) -> None:
         """Set (or clear) the CLV a customer is ranked by."""
@@ -199,12 +200,10 @@ class PartitionClock:
 
     def pop_due(self) -> tuple[float, str] | None:
         """The next current (due, customer) at or before ``now``, or None."""
-        while self.due and self.due[0][0] <= self.now:
-            due, customer = heapq.heappop(self.due)
-            if self.columns.due_of(customer) == due:
-                self.columns.set_due(customer, None)
-                return due, customer
-        return None
+        item = self.due.pop(self.now)
+        if item is not None:
+            self.columns.set_due(item[1], None)
+        return item
 
 
 class Engine:
@@ -325,8 +324,7 @@ class Engine:
             if state.next_due is not None:
                 columns.set_due(state.customer, state.next_due)
         clock.ranks.extend(values)  # one sort, not an insertion per customer
-        clock.due = [(d, c) for c, d in columns.due_times().items()]
-        heapq.heapify(clock.due)
+        clock.due.rebuild(columns.due_times().items())
         clock.customers = count
         for state in states_with_orders:
             f = features_mod.compute(state, clock.now, self.config)
