@@ -77,6 +77,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "BATCH_WAIT_MS": ("10", "Longest an agent waits to fill a batch before it processes what it has: at low load, at most this much is added to each record's latency."),
     "PRODUCER_BATCH_BYTES": ("262144", "Largest record batch the producer builds per partition (Faust's own is 16384). While a request is in flight a partition's open batch fills, and a full one holds up every send to that partition until the next request: a state write-back took ~14 round trips per changelog partition at the default."),
     "CONSUMER_FETCH_BYTES": ("262144", "Most input bytes one fetch returns per partition (Faust's own is 1 MiB). What a worker has fetched but not processed yet is held in memory: at Faust's sizes, tens of MB while it catches up."),
+    "CONSUMER_POLL_RECORDS": ("250", "Most input records the consumer hands over per poll (Faust's own: no limit, i.e. everything fetched for every partition at once). Unlimited, a worker catching up held ~20 MB more of records it had not processed, and waited longer between polls."),
     "STREAM_BUFFER_EVENTS": ("1024", "Most input records an agent's stream holds unprocessed before fetching pauses (Faust's own is 4096): memory, not speed, while a worker catches up."),
     "CONSUMER_FETCH_MAX_WAIT_MS": ("100", "Longest a fetch waits for new input records (Faust's own is 1500); bounds the input hop's latency on a broker that does not answer a waiting fetch early."),
 }
@@ -136,6 +137,7 @@ class Settings:
     producer_batch_bytes: int = 262_144
     consumer_fetch_bytes: int = 262_144
     stream_buffer_events: int = 1024
+    consumer_poll_records: int = 250
     event_loop: str = "uvloop"
     state_compression: str = "deflate"
     clock: str = "event"
@@ -238,6 +240,7 @@ def load() -> Settings:
         producer_batch_bytes=int(_number("PRODUCER_BATCH_BYTES", int, 1024)),
         consumer_fetch_bytes=int(_number("CONSUMER_FETCH_BYTES", int, 1024)),
         stream_buffer_events=int(_number("STREAM_BUFFER_EVENTS", int, 1)),
+        consumer_poll_records=int(_number("CONSUMER_POLL_RECORDS", int, 1)),
         event_loop=event_loop,
         state_compression=state_compression,
         model_refit_seconds=_number("MODEL_REFIT_SECONDS", float, 1),

@@ -65,6 +65,7 @@ app = StreamerApp(
     producer_max_batch_size=settings.producer_batch_bytes,
     consumer_max_fetch_size=settings.consumer_fetch_bytes,
     stream_buffer_maxsize=settings.stream_buffer_events,
+    broker_max_poll_records=settings.consumer_poll_records,
     consumer_auto_offset_reset="earliest",
     autodiscover=False,
     web_enabled=True,
