@@ -170,14 +170,10 @@ class PartitionClock:
             self.risk_histogram[risk_bucket(new)] += 1
 
     def schedule(self, customer: str, due: float | None) -> None:
-        """Set (or clear) a customer's due time; O(log n), no scan of other customers."""
+        """Set (or clear) a customer's due time, with no scan of other customers."""
         columns = self.columns
-        if due is None:
-            columns.set_due(customer, None)
-            return
-        if columns.due_of(customer) == due:
-            return
-        columns.set_due(customer, due)
+        if columns.set_due(customer, due) == due or due is None:
+            return  # unchanged (its queue entry stands), or cleared (its entry is now stale)
         self.due.push(customer, due)
         if len(self.due) > 2 * len(columns) + 1024:
             # Stale entries pile up as customers keep buying; rebuild so memory stays

@@ -69,22 +69,33 @@ class PartitionColumns:
                 column[slot] = NONE
             self._free.append(slot)
 
-    # -- due time ---------------------------------------------------------------------------
-
-    def due_of(self, customer: str) -> float | None:
+    def _read(self, column: array, customer: str) -> float | None:
         slot = self._slot.get(customer)
         if slot is None:
             return None
-        due = self.due[slot]
-        return None if due != due else due  # NaN: none
+        number = column[slot]
+        return None if number != number else number  # NaN: none
 
-    def set_due(self, customer: str, due: float | None) -> None:
-        if due is None:
+    def _write(self, column: array, customer: str, number: float | None) -> float | None:
+        """Set (None: clear) the customer's number in ``column``; returns the one it replaces."""
+        if number is None:
             slot = self._slot.get(customer)
-            if slot is not None:
-                self.due[slot] = NONE
+            if slot is None:
+                return None  # no slot taken just to say "none"
         else:
-            self.due[self.slot(customer)] = due
+            slot = self.slot(customer)
+        old = column[slot]
+        column[slot] = NONE if number is None else number
+        return None if old != old else old
+
+    # -- due time ---------------------------------------------------------------------------
+
+    def due_of(self, customer: str) -> float | None:
+        return self._read(self.due, customer)
+
+    def set_due(self, customer: str, due: float | None) -> float | None:
+        """Set (or clear) the due time; returns the one it replaces."""
+        return self._write(self.due, customer, due)
 
     def due_times(self) -> dict[str, float]:
         """customer -> due time, of every customer with one (for restores and tests)."""
@@ -94,33 +105,17 @@ class PartitionColumns:
     # -- ranked value -------------------------------------------------------------------------
 
     def value_of(self, customer: str) -> float | None:
-        slot = self._slot.get(customer)
-        if slot is None:
-            return None
-        value = self.value[slot]
-        return None if value != value else value
+        return self._read(self.value, customer)
 
     def set_value(self, customer: str, value: float | None) -> float | None:
-        """Set the ranked value; returns the one it replaces."""
-        if value is None:
-            slot = self._slot.get(customer)
-            if slot is None:
-                return None
-        else:
-            slot = self.slot(customer)
-        old = self.value[slot]
-        self.value[slot] = NONE if value is None else value
-        return None if old != old else old
+        """Set (or clear) the ranked value; returns the one it replaces."""
+        return self._write(self.value, customer, value)
 
     # -- population refit rows ----------------------------------------------------------------
 
     def set_refit(self, customer: str, x: float, first: float, last: float, m: float) -> None:
         slot = self.slot(customer)
         self.x[slot], self.first[slot], self.last[slot], self.m[slot] = x, first, last, m
-
-    def has_refit(self, customer: str) -> bool:
-        slot = self._slot.get(customer)
-        return slot is not None and self.x[slot] == self.x[slot]
 
     def refit_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(x, first, last, m) of every customer with a refit row, in slot order (copies)."""

@@ -6,7 +6,7 @@ that it had mapped on its own (up to 64 MiB). A worker frees large blocks all th
 responses, producer batches of 256 KiB, a write-back's lists — so the threshold climbs early
 and tens of MiB of free heap stay resident for good. In the benchmark that was ~20 MiB at
 30,000 customers: a fixed threshold took the resident size per customer from ~2.3 KB to
-~1.5 KB with no loss of throughput (bench/README.md).
+~1.5 KB with no loss of throughput (README.md, Performance).
 
 A ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_`` set in the environment wins: glibc
 has read it at start-up, and this module then leaves the allocator alone.
