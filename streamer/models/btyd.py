@@ -28,11 +28,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import integrate, optimize, special
+from scipy.special import cython_special
 
 Array = NDArray[np.float64]
 YEAR_DAYS = 365.25
@@ -514,7 +516,7 @@ def _alive_expectation_hyp_scalar(r: float, alpha: float, a: float, b: float, t:
     c = a + b + x - 1.0
     log_ratio = math.log(alpha + T) - math.log(alpha + T + t)
     z = t / (alpha + T + t)
-    f = float(special.hyp2f1(a + b - 1.0 - r, a - 1.0, c, z))
+    f = cython_special.hyp2f1(a + b - 1.0 - r, a - 1.0, c, z)
     try:
         return c / (a - 1.0) * (1.0 - math.exp((a - 1.0) * log_ratio) * f)
     except OverflowError:
@@ -544,6 +546,44 @@ def alive_expectation_scalar(params: BGNBDParams, t: float, x: float, T: float) 
     if not math.isfinite(value) or value < -1e-12 * (1.0 + upper) or value > upper * (1.0 + 1e-9) + 1e-12:
         value = _alive_expectation_quad(r, alpha, a, b, t, x, T)
     return max(value, 0.0)
+
+
+def alive_expectations_scalar(params: BGNBDParams, horizons: Sequence[float], x: float, T: float) -> list[float]:
+    """:func:`alive_expectation_scalar` at each of ``horizons`` for one (x, T).
+
+    The terms the horizons share are worked out once, in the same operations and order as
+    the one-horizon form (so the values are the same to the last bit).
+
+    >>> [round(e, 4) for e in alive_expectations_scalar(BGNBDParams(0.243, 4.414, 0.793, 2.426), (0.0, 30.0, 90.0), 2.0, 60.0)]
+    [0.0, 0.9433, 2.4239]
+    """
+    r, alpha, a, b = params.as_tuple()
+    if abs(a - 1.0) < 1e-6:
+        return [alive_expectation_scalar(params, t, x, T) for t in horizons]
+    c = a + b + x - 1.0
+    a1 = a - 1.0
+    ab1r = a + b - 1.0 - r
+    aT = alpha + T
+    log_aT = math.log(aT)
+    rx = r + x
+    out = []
+    for t in horizons:
+        if t <= 0:
+            out.append(0.0)
+            continue
+        log_ratio = log_aT - math.log(aT + t)
+        # cython_special's ₂F₁ is the ufunc's own kernel (same values) without the ufunc's
+        # dispatch: ~0.2 µs a call against ~0.8 µs, and a score update needs ~12.
+        f = cython_special.hyp2f1(ab1r, a1, c, t / (aT + t))
+        try:
+            value = c / a1 * (1.0 - math.exp(a1 * log_ratio) * f)
+        except OverflowError:
+            value = math.inf  # recomputed by quadrature below
+        upper = rx * t / aT
+        if not math.isfinite(value) or value < -1e-12 * (1.0 + upper) or value > upper * (1.0 + 1e-9) + 1e-12:
+            value = _alive_expectation_quad(r, alpha, a, b, t, x, T)
+        out.append(max(value, 0.0))
+    return out
 
 
 def expected_purchases(

@@ -161,7 +161,7 @@ class BTYDScorer:
         h = self.horizon_days
         steps = [h * k / DISCOUNT_STEPS for k in range(1, DISCOUNT_STEPS + 1)]
         horizons = steps + ([extra_horizon] if extra_horizon is not None else [])
-        expectations = [btyd.alive_expectation_scalar(bg, horizon, x, T) for horizon in horizons]
+        expectations = btyd.alive_expectations_scalar(bg, horizons, x, T)
         alive = _p_alive(bg, x, t_x, T)
 
         def silent(t: float) -> float:

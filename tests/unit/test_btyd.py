@@ -533,3 +533,19 @@ def test_scalar_expectation_equals_the_array_version(params):
     scalar = [btyd.alive_expectation_scalar(params, *map(float, v)) for v in zip(t, x, T)]
     assert all(isinstance(v, float) for v in scalar)
     np.testing.assert_allclose(scalar, vectorised, rtol=1e-9, atol=1e-300)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [PUBLISHED, BGNBDParams(2.0, 10.0, 3.0, 5.0), BGNBDParams(0.05, 0.1, 8.0, 0.3), BGNBDParams(5.0, 1.0, 0.1, 50.0), BGNBDParams(0.5, 10.0, 1.0, 2.0)],
+)
+def test_several_horizons_at_once_give_the_one_horizon_values_exactly(params):
+    # The scorer asks for all its horizons in one call (shared terms worked out once); the
+    # values must be the same floats, bit for bit, as one call per horizon — scores are
+    # published, and a replay must reproduce them exactly.
+    rng = np.random.default_rng(5)
+    horizons = (91.25, 182.5, 273.75, 365.0, 90.0, 0.0, -1.0, 1e6)
+    for x, T in [*zip(rng.integers(0, 40, 200).astype(float), rng.uniform(0.0, 700.0, 200)), (0.0, 0.0), (5000.0, 1e5)]:
+        together = btyd.alive_expectations_scalar(params, horizons, float(x), float(T))
+        one_by_one = [btyd.alive_expectation_scalar(params, t, float(x), float(T)) for t in horizons]
+        assert together == one_by_one
