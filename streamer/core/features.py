@@ -11,12 +11,14 @@ from operator import attrgetter
 from dataclasses import dataclass, fields
 
 from streamer.core.config import DAY, YEAR_DAYS, ScoringConfig
-from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_DISCOUNT, O_FLAGS, O_TIME, CustomerState, net_of_refunds
+from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_DISCOUNT, O_FLAGS, O_MARGIN, O_TIME, O_TOTAL, CustomerState, net_of_refunds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Features:
-    """Summary of one customer at ``now`` (event time, epoch seconds)."""
+    """Summary of one customer at ``now`` (event time, epoch seconds). Treat as read-only:
+    not declared frozen because a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__`` — 3.4 µs against 0.9 µs here, ~3.5 times an event (measured)."""
 
     now: float
     orders: int
@@ -66,58 +68,66 @@ _FIELD_NAMES = tuple(f.name for f in fields(Features))
 _FIELD_VALUES = attrgetter(*_FIELD_NAMES)
 
 
+#: The community counters that are actions of the customer's own.
+_COMMUNITY_ACTIONS = ("posts", "replies", "answers_accepted", "reviews")
+
+
 def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features:
     """Derive :class:`Features` from ``state`` as of event time ``now``."""
+    # Runs ~3 times a score update (the state, the state before, mixes for explanations):
+    # one pass over the orders, then small per-day maps.
     arch = state.archive
-    n_orders = int(arch[0])
+    archived = arch[0]
     # Sums with math.fsum (exact, so independent of order): the orders are kept in arrival
     # order, and a plain running sum made a customer whose events came out of order differ
     # from its in-order twin in the last digit shown (margin 234.7887 vs 234.7888, seen on
     # the broker in tests/integration/test_event_order.py).
     totals, margins, discounts = [arch[1]], [arch[2]], [arch[3]]
     times: list[float] = []
-    basic = advanced = False
+    flags = 0
     totals_by_day: dict[float, list[float]] = {}
+    refunds = state.refunds
     for order_id, order in state.orders.items():
-        total, order_margin = net_of_refunds(order, state.refunds.get(order_id, {}))
-        totals_by_day.setdefault(order[O_TIME] // DAY, []).append(total)
-        n_orders += 1
+        by_event = refunds.get(order_id) if refunds else None
+        total, order_margin = net_of_refunds(order, by_event) if by_event else (order[O_TOTAL], order[O_MARGIN])
+        t = order[O_TIME]
+        day_totals = totals_by_day.get(t // DAY)
+        if day_totals is None:
+            totals_by_day[t // DAY] = [total]
+        else:
+            day_totals.append(total)
         totals.append(total)
         margins.append(order_margin)
         discounts.append(order[O_DISCOUNT])
-        times.append(order[O_TIME])
-        flags = int(order[O_FLAGS])
-        basic |= bool(flags & FLAG_BASIC)
-        advanced |= bool(flags & FLAG_ADVANCED)
+        times.append(t)
+        flags |= int(order[O_FLAGS])
+    n_orders = int(archived) + len(times)
     revenue, margin, discount = math.fsum(totals), math.fsum(margins), math.fsum(discounts)
-    value_by_day = {day: math.fsum(values) for day, values in totals_by_day.items()}
+    value_by_day = {day: values[0] if len(values) == 1 else math.fsum(values) for day, values in totals_by_day.items()}
 
-    days = sorted({t // DAY for t in times})
-    transactions = len(days) + int(arch[4])
-    if arch[0] and days and days[0] == arch[6] // DAY:
+    transactions = len(totals_by_day) + int(arch[4])
+    if archived and totals_by_day and min(totals_by_day) == arch[6] // DAY:
         transactions -= 1  # the archive's last day is also a kept day
-    first = min([*times, arch[5]] if arch[0] else times) if (times or arch[0]) else None
-    last = max([*times, arch[6]] if arch[0] else times) if (times or arch[0]) else None
+    if times:
+        first, last = min(times), max(times)
+        if archived:
+            first, last = min(first, arch[5]), max(last, arch[6])
+    elif archived:
+        first, last = arch[5], arch[6]
+    else:
+        first = last = None
     # The purchase day before the last one marks a reactivation when the gap is a lapse. The
     # gap is measured from that day's latest order, like the lapse timer (last order + lapse).
-    latest_of_day: dict[float, float] = {}
-    for t in [*times, arch[6]] if arch[0] else times:
-        day = t // DAY
-        latest_of_day[day] = max(latest_of_day.get(day, t), t)
-    purchase_days = sorted(latest_of_day)
-    previous = latest_of_day[purchase_days[-2]] if len(purchase_days) >= 2 else None
+    latest_of_day = _latest_per_day([*times, arch[6]] if archived else times)
+    previous = latest_of_day[sorted(latest_of_day)[-2]] if len(latest_of_day) >= 2 else None
 
     # Loyalty counts purchase days, like frequency: three items bought in one sitting are
     # one visit, not loyalty. Each day is represented by its latest order time.
     window_start = now - config.loyal_window_days * DAY
-    latest_per_day: dict[float, float] = {}
-    for t in times:
-        if window_start < t <= now:
-            day = t // DAY
-            latest_per_day[day] = max(latest_per_day.get(day, t), t)
-    recent = sorted(latest_per_day.values(), reverse=True)
+    in_window = _latest_per_day([t for t in times if window_start < t <= now])
     loyal_until = None
-    if len(recent) >= config.loyal_orders:
+    if len(in_window) >= config.loyal_orders:
+        recent = sorted(in_window.values(), reverse=True)
         loyal_until = recent[config.loyal_orders - 1] + config.loyal_window_days * DAY
 
     repeats = max(transactions - 1, 0)
@@ -136,7 +146,7 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         first_order_at=first,
         last_order_at=last,
         previous_order_at=previous,
-        purchase_days_in_loyal_window=len(recent),
+        purchase_days_in_loyal_window=len(in_window),
         loyal_until=loyal_until,
         aov=revenue / n_orders if n_orders else 0.0,
         margin_rate=margin / revenue if revenue > 0 else 0.0,
@@ -145,13 +155,13 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         mean_interval_days=mean_interval,
         purchases_per_year=YEAR_DAYS / mean_interval if mean_interval > 0 else 0.0,
         repeat_transactions=repeats,
-        bought_basic=basic,
-        bought_advanced=advanced,
+        bought_basic=bool(flags & FLAG_BASIC),
+        bought_advanced=bool(flags & FLAG_ADVANCED),
         emails_opened=int(email.get("opened", 0)),
         emails_clicked=int(email.get("clicked", 0)),
         unsubscribed=bool(email.get("unsubscribed", False)),
         hard_bounced=bool(email.get("hard_bounced", False)),
-        community_actions=int(sum(v for key, v in community.items() if key in ("posts", "replies", "answers_accepted", "reviews"))),
+        community_actions=int(sum(v for key, v in community.items() if key in _COMMUNITY_ACTIONS)),
         referrals=int(community.get("referrals", 0)),
         has_survey=bool(state.survey),
         repeat_mean_value=_repeat_mean_value(value_by_day, arch, repeats),
@@ -160,6 +170,16 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         email_engaged_at=email.get("last_engaged_at"),
         community_active_at=community.get("last_active_at"),
     )
+
+
+def _latest_per_day(times: list[float]) -> dict[float, float]:
+    """day -> the latest of ``times`` on that day."""
+    latest: dict[float, float] = {}
+    for t in times:
+        day = t // DAY
+        if t > latest.get(day, -math.inf):
+            latest[day] = t
+    return latest
 
 
 def _repeat_mean_value(value_by_day: dict[float, float], arch: list[float], repeats: int) -> float:

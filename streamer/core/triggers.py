@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from streamer.core.config import DAY, ScoringConfig, TriggerRule
 from streamer.core.families import ADVOCATE, CHURN_BAND, COMMUNITY
@@ -44,9 +45,9 @@ class Outcome:
     step: int | None = None  # onboarding step, 1-based
 
 
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A due trigger's next moment and what it would say then."""
+class Due(NamedTuple):
+    """A due trigger's next moment and what it would say then. (A named tuple: several are
+    made for every score update, and a frozen dataclass costs ~1 µs each to build.)"""
 
     at: float
     #: Builds the reason: most due moments never fire, so their words are not written.
@@ -61,12 +62,17 @@ class Due:
 def first_basic_since_advanced(state: CustomerState) -> float | None:
     """When the customer started on basic products: the first basic purchase after their
     last advanced one (None when they own an advanced product bought later, or no basic)."""
-    last_advanced = max((o[O_TIME] for o in state.orders.values() if int(o[O_FLAGS]) & FLAG_ADVANCED), default=None)
-    basics = [
-        o[O_TIME]
-        for o in state.orders.values()
-        if int(o[O_FLAGS]) & FLAG_BASIC and not int(o[O_FLAGS]) & FLAG_ADVANCED and (last_advanced is None or o[O_TIME] > last_advanced)
-    ]
+    last_advanced = None
+    basics: list[float] = []  # times of orders with a basic product and no advanced one
+    for order in state.orders.values():
+        flags = int(order[O_FLAGS])
+        if flags & FLAG_ADVANCED:
+            if last_advanced is None or order[O_TIME] > last_advanced:
+                last_advanced = order[O_TIME]
+        elif flags & FLAG_BASIC:
+            basics.append(order[O_TIME])
+    if last_advanced is not None:
+        basics = [t for t in basics if t > last_advanced]
     return min(basics) if basics else None
 
 
@@ -149,22 +155,33 @@ def evaluate(
     outcomes: list[Outcome] = []
     next_at: float | None = None
     new_segments = state.segments
+    now = f.now
     for name in DUE_TRIGGERS:
         rule = config.triggers.get(name)
         if rule is None or not rule.enabled:
             continue
-        handled = state.triggers.get(name, [0.0, 0.0])[HANDLED_DUE]
-        moments = sorted((d for d in due_moments(name, rule, state, f, new_segments, config) if d.at > handled), key=lambda d: d.at)
-        ready = [d for d in moments if d.at <= f.now]
-        if ready:
+        marks = state.triggers.get(name)
+        handled = marks[HANDLED_DUE] if marks is not None else 0.0
+        # The latest moment already reached (of equal ones the last listed, as a stable sort
+        # by time would give) and the earliest moment still ahead.
+        latest: Due | None = None
+        ahead: float | None = None
+        for due in due_moments(name, rule, state, f, new_segments, config):
+            at = due.at
+            if at <= handled:
+                continue
+            if at <= now:
+                if latest is None or at >= latest.at:
+                    latest = due
+            elif ahead is None or at < ahead:
+                ahead = at
+        if latest is not None:
             # Only the latest moment fires: a customer first seen late (or a replay that
             # starts mid-sequence) gets one onboarding mail, not four at once.
-            latest = ready[-1]
             outcomes.append(_settle(state, name, rule, f, latest.at, latest.reason, latest.step))
             state.triggers[name][HANDLED_DUE] = latest.at
-        waiting = [d.at for d in moments if d.at > f.now]
-        if waiting and (next_at is None or waiting[0] < next_at):
-            next_at = waiting[0]
+        if ahead is not None and (next_at is None or ahead < next_at):
+            next_at = ahead
     for name, reason in transition_reasons(old_segments, new_segments, cause_type, config).items():
         rule = config.triggers.get(name)
         if rule is not None and rule.enabled:
