@@ -129,7 +129,7 @@ class BTYDScorer:
         self.horizon_days = horizon_days
         self.annual_discount_rate = annual_discount_rate
         self.model = model or PopulationModel()
-        self._last: tuple[Features, float | None, dict[str, float], dict[str, float], PopulationModel] | None = None
+        self._last: tuple[tuple, float | None, dict[str, float], dict[str, float], PopulationModel] | None = None
         #: A second horizon computed with every score (the online learners' label horizon, set
         #: by ``LearnedScorer``), so their inputs come from the same call.
         self.extra_horizon: float | None = None
@@ -152,12 +152,16 @@ class BTYDScorer:
         customer, numpy's per-call overhead costs more than the arithmetic. The last result is kept for the online learners,
         which ask for the same customer right after (see ``LearnedScorer.inputs``).
         """
+        x, t_x, T = btyd_inputs(features)
+        # Keyed by what the formulas read, not by the features object: an explanation re-scores
+        # the features before the event, and after an email or community event (most events)
+        # those inputs are the same numbers.
+        key = (x, t_x, T, features.repeat_mean_value, features.margin_rate, extra_horizon)
         last = self._last
-        if last is not None and last[0] is features and last[1] == extra_horizon and last[4] is self.model:
+        if last is not None and last[0] == key and last[4] is self.model:
             return last[2], last[3]
         bg, gg = self.model.bgnbd, self.model.gamma_gamma
         r, alpha, _a, _b = bg.as_tuple()
-        x, t_x, T = btyd_inputs(features)
         h = self.horizon_days
         steps = [h * k / DISCOUNT_STEPS for k in range(1, DISCOUNT_STEPS + 1)]
         horizons = steps + ([extra_horizon] if extra_horizon is not None else [])
@@ -191,5 +195,5 @@ class BTYDScorer:
                 "expected_purchases": alive * float(expectations[-1]),
                 "p_no_purchase": (1.0 - alive) + alive * silent(extra_horizon),
             }
-        self._last = (features, extra_horizon, scores, extra, self.model)
+        self._last = (key, extra_horizon, scores, extra, self.model)
         return scores, extra
