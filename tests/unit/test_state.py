@@ -436,3 +436,27 @@ def test_redelivery_of_an_archived_order_is_still_a_duplicate() -> None:
     assert "o0" not in state.orders and "o0" in state.archived_ids
     assert is_duplicate(state, events[0])
     assert apply(state, events[0], cfg) is state
+
+
+def test_states_deflated_with_zlibs_default_window_still_read_and_large_states_round_trip():
+    # Stored states use a 4 KiB window (a small compressor: see _DEFLATE_WBITS); what earlier
+    # versions wrote with zlib's 32 KiB window must still read, and a state larger than the
+    # window must still round-trip.
+    import zlib
+
+    import orjson
+
+    from streamer.core.state import _DEFLATE_LEVEL, DEFLATED_STATE, STATE_ZDICT
+
+    state = fold([order(f"o{n}", T0 + n * DAY, 12.5 + n, 3.25) for n in range(3)] + [other("e1", "Email Opened", T0 + 2, {"email_id": "m"})])
+    state.triggers = {"onboarding": [T0 + 60.0, T0 + 60.0]}
+    old = zlib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, STATE_ZDICT)
+    earlier = DEFLATED_STATE + old.compress(orjson.dumps(state)) + old.flush()
+    assert CustomerState.from_bytes(earlier) == state
+    # A usual state and the dictionary fit in the small window: the same bytes as before.
+    assert state.to_bytes() == earlier
+
+    big = fold([order(f"order-{n:04d}", T0 + n * DAY, 10.0 + n, 1.0) for n in range(40)])
+    big.seen = [f"event-{n:06d}-{'x' * 40}" for n in range(200)]
+    assert len(orjson.dumps(big)) > 3 * 4096
+    assert CustomerState.from_bytes(big.to_bytes()) == big
