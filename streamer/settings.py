@@ -43,6 +43,8 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "REPLICATION_FACTOR": ("1", "Replication factor of topics the worker creates (3 on a production cluster)."),
     "STORE": ("memory", "State table store: `memory` or `rocksdb` (local RocksDB files under DATA_DIR)."),
     "DATA_DIR": ("./data", "Where the worker keeps local table data (RocksDB files)."),
+    "ROCKSDB_WRITE_BUFFER_BYTES": ("4194304", "With STORE=rocksdb: the write buffer (memtable) of each partition's database, at most two per database. Faust's own is 64 MiB, three per database: every state written stayed in memory until a partition had written 64 MiB."),
+    "ROCKSDB_BLOCK_CACHE_BYTES": ("16777216", "With STORE=rocksdb: the block cache of each partition's database, for states read from disk (Faust's own: 2 GiB each)."),
     "WEB_HOST": ("127.0.0.1", "Address of the worker's web server (/metrics, health)."),
     "WEB_PORT": ("6066", "Port of the worker's web server."),
     "WEB_ADVERTISED_URL": ("", "How other workers reach this one's web server, for the query API's routing (e.g. `http://clv-streamer-0.clv-streamer:6066`). Empty: `http://WEB_HOST:WEB_PORT`, with the host name when WEB_HOST is 0.0.0.0."),
@@ -138,6 +140,8 @@ class Settings:
     consumer_fetch_bytes: int = 262_144
     stream_buffer_events: int = 1024
     consumer_poll_records: int = 250
+    rocksdb_write_buffer_bytes: int = 4 * 1024 * 1024
+    rocksdb_block_cache_bytes: int = 16 * 1024 * 1024
     event_loop: str = "uvloop"
     state_compression: str = "deflate"
     clock: str = "event"
@@ -241,6 +245,8 @@ def load() -> Settings:
         consumer_fetch_bytes=int(_number("CONSUMER_FETCH_BYTES", int, 1024)),
         stream_buffer_events=int(_number("STREAM_BUFFER_EVENTS", int, 1)),
         consumer_poll_records=int(_number("CONSUMER_POLL_RECORDS", int, 1)),
+        rocksdb_write_buffer_bytes=int(_number("ROCKSDB_WRITE_BUFFER_BYTES", int, 65536)),
+        rocksdb_block_cache_bytes=int(_number("ROCKSDB_BLOCK_CACHE_BYTES", int, 0)),
         event_loop=event_loop,
         state_compression=state_compression,
         model_refit_seconds=_number("MODEL_REFIT_SECONDS", float, 1),
