@@ -110,6 +110,11 @@ def table(result: dict[str, Any]) -> str:
         ),
         f"host: {result['host']['cpus']} CPUs, load average at start {result['host']['loadavg_start']}; figures are noisy on a shared machine.",
     ]
+    config = result["config"]
+    changed = [f"STORE={config['store']}"] if config.get("store", "memory") != "memory" else []
+    changed += [f"{name}={value}" for name, value in config.get("set", [])]
+    if changed:
+        notes.insert(1, "worker settings other than the defaults: " + ", ".join(changed))
     return "\n".join(lines + [""] + notes)
 
 

@@ -23,7 +23,7 @@ from bench.progress import say
 from bench.refit import measure_refit
 from bench.report import summarise, table, write_json
 from bench.scores import ScoreWatcher
-from bench.worker import WorkerProcess, topic_names
+from bench.worker import TOPIC_VARS, WorkerProcess, topic_names
 from streamer.broker import EmbeddedBroker
 from streamer.settings import SETTINGS_DOC
 
@@ -44,8 +44,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet-timeout", type=float, default=30, help="give a phase up after this many seconds without progress")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--store", choices=("memory", "rocksdb"), default="memory", help="the worker's state store (default memory)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=worker_setting,
+        help="a worker setting (README, Configuration) other than its default; repeatable",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="JSON and logs go here")
     return p.parse_args(argv)
+
+
+def worker_setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of a documented worker setting (not one the bench sets itself)."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or name not in SETTINGS_DOC:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE with NAME a worker setting (README, Configuration)")
+    if name in BENCH_OWNED:
+        raise argparse.ArgumentTypeError(f"{name} is set by the bench itself")
+    return name, value
+
+
+#: Settings the bench sets for each run (unique names, the broker, the port, the store).
+BENCH_OWNED = {"STREAMER_APP_ID", "KAFKA_BOOTSTRAP", "WEB_PORT", "DATA_DIR", "STORE", *TOPIC_VARS.values()}
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
@@ -67,7 +90,7 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
     result: dict[str, Any] = {"run": index + 1, "run_id": run_id}
     try:
         broker.start()
-        worker = WorkerProcess(run_id, broker.bootstrap, logdir / f"run{index + 1}-worker", args.store)
+        worker = WorkerProcess(run_id, broker.bootstrap, logdir / f"run{index + 1}-worker", args.store, dict(args.set))
         started.append(worker)
         worker.start()
         ready_s = worker.wait_ready()

@@ -32,11 +32,13 @@ def topic_names(run_id: str) -> dict[str, str]:
     return {role: f"bench-{run_id}-{role}" for role in TOPIC_VARS}
 
 
-def worker_env(run_id: str, bootstrap: str, web_port: int, data_dir: Path, store: str = "memory") -> dict[str, str]:
+def worker_env(
+    run_id: str, bootstrap: str, web_port: int, data_dir: Path, store: str = "memory", settings: dict[str, str] | None = None
+) -> dict[str, str]:
     """The worker's environment: every setting at its default (any set in our own
     environment is dropped), except unique names, the broker, the port, the state store
-    (``--store``), and the 6 s session timeout tests/integration/conftest.py uses for a fast
-    group join on the embedded broker."""
+    (``--store``), the 6 s session timeout tests/integration/conftest.py uses for a fast
+    group join on the embedded broker, and the ``settings`` given (``--set NAME=VALUE``)."""
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS_DOC}
     env.update({var: topic_names(run_id)[role] for role, var in TOPIC_VARS.items()})
     env.update(
@@ -49,6 +51,7 @@ def worker_env(run_id: str, bootstrap: str, web_port: int, data_dir: Path, store
             "CONSUMER_SESSION_TIMEOUT": "6",
         }
     )
+    env.update(settings or {})
     return env
 
 
@@ -67,10 +70,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 class WorkerProcess:
-    def __init__(self, run_id: str, bootstrap: str, workdir: Path, store: str = "memory") -> None:
+    def __init__(self, run_id: str, bootstrap: str, workdir: Path, store: str = "memory", settings: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.web_port = free_port()
-        self.env = worker_env(run_id, bootstrap, self.web_port, workdir / "data", store)
+        self.env = worker_env(run_id, bootstrap, self.web_port, workdir / "data", store, settings)
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 

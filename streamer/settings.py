@@ -73,7 +73,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CONSUMER_HEARTBEAT_INTERVAL": ("1", "Kafka consumer heartbeat interval (s)."),
     "CONSUMER_REBALANCE_TIMEOUT": ("10", "Max time (s) a rebalance waits for members; low so startup joins fast."),
     "PRODUCER_LINGER_MS": ("5", "Producer linger: how long sends wait to batch."),
-    "STATE_COMPRESSION": ("deflate", "How customer states are stored in the table and its changelog: `deflate` (~225 bytes a state instead of ~890; a worker in memory mode holds ~0.75 KB per customer instead of ~1.5 KB, and recovery reads a quarter of the bytes; ~20 µs more per state change) or `none` (plain JSON). Either is read back whatever a changelog holds."),
+    "STATE_COMPRESSION": ("deflate", "How customer states are stored in the table and its changelog: `deflate` (~225 bytes a state instead of ~890; a worker in memory mode holds ~0.75 KB per customer instead of ~1.5 KB, and recovery reads a quarter of the bytes; ~15 µs more per state change) or `none` (plain JSON). Either is read back whatever a changelog holds."),
     "EVENT_LOOP": ("uvloop", "The worker's asyncio event loop: `uvloop` (faster) or `asyncio` (the standard one)."),
     "BATCH_MAX_EVENTS": ("256", "Most input records an agent takes at once (Faust `take_events`; acknowledged after the whole batch is processed, each record still on its own). 1: one at a time."),
     "BATCH_WAIT_MS": ("10", "Longest an agent waits to fill a batch before it processes what it has: at low load, at most this much is added to each record's latency."),
