@@ -39,3 +39,9 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The pure core compiled by mypyc vs plain, on one replay (bench/compiled_core.py): a measured
+# next step, not used by the worker.
+.PHONY: bench-compiled
+bench-compiled: $(STAMP)
+	$(BIN)/python -m bench.compiled_core $(BENCH_ARGS)

@@ -324,7 +324,8 @@ class Engine:
         clock.customers = count
         for state in states_with_orders:
             f = features_mod.compute(state, clock.now, self.config)
-            columns.set_refit(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
+            if f.first_order_at is not None and f.last_order_at is not None:  # always, with orders
+                columns.set_refit(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
         return count
 
     @property

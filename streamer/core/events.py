@@ -62,8 +62,7 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     if not isinstance(subject, str) or not subject.strip():
         raise InvalidEvent("missing_customer_id", "CloudEvents 'subject' (the customer id) is missing or empty")
     type_name = doc.get("type")
-    expected_role = contracts.INPUT_TYPES.get(type_name) if isinstance(type_name, str) else None
-    if expected_role is None:
+    if not isinstance(type_name, str) or (expected_role := contracts.INPUT_TYPES.get(type_name)) is None:
         raise InvalidEvent("unknown_type", f"unknown event type {str(type_name)[:80]!r}")
     if expected_role != topic_role:
         raise InvalidEvent("wrong_topic", f"{type_name!r} belongs on the {expected_role!r} topic, not {topic_role!r}")

@@ -108,6 +108,8 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
     transactions = len(totals_by_day) + int(arch[4])
     if archived and totals_by_day and min(totals_by_day) == arch[6] // DAY:
         transactions -= 1  # the archive's last day is also a kept day
+    first: float | None
+    last: float | None
     if times:
         first, last = min(times), max(times)
         if archived:

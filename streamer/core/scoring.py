@@ -17,7 +17,9 @@ from streamer.core.features import Features, annuity_years
 
 class Scorer(Protocol):
     name: str
-    version: str
+
+    @property
+    def version(self) -> str: ...
 
     def predict_one(self, features: Features, scores: dict[str, float]) -> dict[str, float]:
         """Return new score keys, given the features and the scores computed so far."""

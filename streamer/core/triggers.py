@@ -76,13 +76,20 @@ def first_basic_since_advanced(state: CustomerState) -> float | None:
     return min(basics) if basics else None
 
 
+def _onboarding_reason(step: int, steps: int, days: float, first_order_at: float) -> Callable[[], str]:
+    def reason() -> str:
+        return f"onboarding step {step} of {steps}: {days:g} days after the first order on {format_date(first_order_at)}"
+
+    return reason
+
+
 def due_moments(name: str, rule: TriggerRule, state: CustomerState, f: Features, segments: dict[str, str | None], config: ScoringConfig) -> list[Due]:
     """Every due moment of trigger ``name`` for this customer as things stand (any order)."""
     if not f.orders or f.first_order_at is None or f.last_order_at is None:
         return []
     if name == "onboarding":
         return [
-            Due(f.first_order_at + days * DAY, lambda i=i, days=days: f"onboarding step {i} of {len(rule.days)}: {days:g} days after the first order on {format_date(f.first_order_at)}", i)
+            Due(f.first_order_at + days * DAY, _onboarding_reason(i, len(rule.days), days, f.first_order_at), i)
             for i, days in enumerate(rule.days, start=1)
         ]
     if name == "upsell_advanced":

@@ -84,6 +84,8 @@ class LearnedScorer:
         if due is None or due > now:
             return None
         raw, state.pending = state.pending, None
+        if raw is None:
+            return None
         try:
             snapshot = Snapshot.from_list(raw)
         except ValueError:
