@@ -542,7 +542,11 @@ def alive_expectation_scalar(params: BGNBDParams, t: float, x: float, T: float) 
         value = below + (a - (1.0 - h)) / (2.0 * h) * (above - below)
     else:
         value = _alive_expectation_hyp_scalar(r, alpha, a, b, t, x, T)
-    upper = (r + x) * t / (alpha + T)
+    return _checked_expectation(value, (r + x) * t / (alpha + T), r, alpha, a, b, t, x, T)
+
+
+def _checked_expectation(value: float, upper: float, r: float, alpha: float, a: float, b: float, t: float, x: float, T: float) -> float:
+    """``value`` clipped at 0, or recomputed by quadrature when outside 0 ≤ E ≤ ``upper``."""
     if not math.isfinite(value) or value < -1e-12 * (1.0 + upper) or value > upper * (1.0 + 1e-9) + 1e-12:
         value = _alive_expectation_quad(r, alpha, a, b, t, x, T)
     return max(value, 0.0)
@@ -579,10 +583,7 @@ def alive_expectations_scalar(params: BGNBDParams, horizons: Sequence[float], x:
             value = c / a1 * (1.0 - math.exp(a1 * log_ratio) * f)
         except OverflowError:
             value = math.inf  # recomputed by quadrature below
-        upper = rx * t / aT
-        if not math.isfinite(value) or value < -1e-12 * (1.0 + upper) or value > upper * (1.0 + 1e-9) + 1e-12:
-            value = _alive_expectation_quad(r, alpha, a, b, t, x, T)
-        out.append(max(value, 0.0))
+        out.append(_checked_expectation(value, rx * t / aT, r, alpha, a, b, t, x, T))
     return out
 
 

@@ -129,7 +129,8 @@ class BTYDScorer:
         self.horizon_days = horizon_days
         self.annual_discount_rate = annual_discount_rate
         self.model = model or PopulationModel()
-        self._last: tuple[tuple, float | None, dict[str, float], dict[str, float], PopulationModel] | None = None
+        #: (formula inputs, scores, extra-horizon scores, model) of the last call.
+        self._last: tuple[tuple, dict[str, float], dict[str, float], PopulationModel] | None = None
         #: A second horizon computed with every score (the online learners' label horizon, set
         #: by ``LearnedScorer``), so their inputs come from the same call.
         self.extra_horizon: float | None = None
@@ -158,8 +159,8 @@ class BTYDScorer:
         # those inputs are the same numbers.
         key = (x, t_x, T, features.repeat_mean_value, features.margin_rate, extra_horizon)
         last = self._last
-        if last is not None and last[0] == key and last[4] is self.model:
-            return last[2], last[3]
+        if last is not None and last[0] == key and last[3] is self.model:
+            return last[1], last[2]
         bg, gg = self.model.bgnbd, self.model.gamma_gamma
         r, alpha, _a, _b = bg.as_tuple()
         h = self.horizon_days
@@ -195,5 +196,5 @@ class BTYDScorer:
                 "expected_purchases": alive * float(expectations[-1]),
                 "p_no_purchase": (1.0 - alive) + alive * silent(extra_horizon),
             }
-        self._last = (key, extra_horizon, scores, extra, self.model)
+        self._last = (key, scores, extra, self.model)
         return scores, extra

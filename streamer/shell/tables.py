@@ -15,6 +15,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from streamer.core.state import CustomerState
+from streamer.settings import Settings
 from streamer.shell.app import app, settings
 from streamer.shell.channels import inputs
 from streamer.shell.flush_marks import MARK_KEY, FlushMarks, mark_value
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 YIELD_EVERY = 200
 
 
-def rocksdb_options(settings: Any) -> dict[str, int]:
+def rocksdb_options(settings: Settings) -> dict[str, int]:
     """Memory bounds for each partition's RocksDB database (Faust's defaults are sized for a
     machine with the table's data in RAM: 3 × 64 MiB of write buffers and a 2 GiB block cache
     per database, so at bench sizes every state written stayed in memory)."""
