@@ -1,33 +1,35 @@
 """Whole write-backs only: the changelog records of one state flush count once their mark is in.
 
 The worker writes the states changed since the last commit as one changelog record per
-customer (see ``tables.TableStore.flush``), then one *flush mark* per changelog partition
-naming the offset where that flush began. A worker killed while writing leaves some of a
-flush's records in the changelog and no mark after them. Read back without marks, those
-records would give the next owner of the partition a mix of states from before and after the
-flush: the written customers' events count as already applied, the others are applied again
-with the partition's event-time clock already moved on by the written ones, so their outputs
-come out as of a later moment with different ids.
+customer (see ``tables.TableStore.flush``), then one *flush mark* per changelog partition. A
+worker killed while writing leaves some of a flush's records in the changelog and no mark
+after them. Read back as they are, those records would give the next owner of the partition a
+mix of states from before and after the flush: the written customers' events count as already
+applied, the others are applied again with the partition's event-time clock already moved on
+by the written ones, so their outputs come out as of a later moment with different ids.
 
 So whoever reads the changelog (recovery, standbys) holds records back until a mark releases
-them, and drops what no mark covers: the records before a mark's first offset that came after
-the previous mark (leftovers of a killed flush, rewritten by the flush the mark closes), and
-what is still held when recovery ends (the killed flush itself). Kafka transactions would do
-the same; the embedded broker rejects them.
+them, and the owner that recovers a partition drops what is still held when its recovery ends
+(the killed flush) and writes those customers' recovered states again in its first write-back.
+A mark releases everything held before it: the leftovers of a killed flush are always followed,
+before the next mark, by those rewrites, which win (they come later in the log). A mark never
+has to know where the previous one was, so compaction may remove old marks (they all share one
+key) without a reader losing the write-backs they closed. Kafka transactions would do the same;
+the embedded broker rejects them.
 
 >>> marks = FlushMarks()
 >>> marks.take(0, 10, b"alice", b"v2", "alice@10")  # held until a mark covers it
 []
 >>> marks.take(0, 11, MARK_KEY, mark_value(first_offset=10), "mark@11")
 ['alice@10']
->>> marks.take(0, 12, b"bob", b"v2", "bob@12")  # a flush killed after this record...
+>>> marks.take(0, 12, b"bob", b"v2", "bob@12")  # a flush killed after this record:
 []
->>> marks.take(0, 13, b"bob", b"v2", "bob@13")  # ...and the next flush, from 13
+>>> marks.drop({0})  # recovery ends with it held; the owner writes bob again
+['bob@12']
+>>> marks.take(0, 13, b"bob", b"v1", "bob@13")  # (a standby reads on: both, the rewrite last)
 []
 >>> marks.take(0, 14, MARK_KEY, mark_value(first_offset=13), "mark@14")
 ['bob@13']
->>> marks.dropped
-1
 >>> marks.take(0, 15, b"carol", b"v1", "carol@15")
 []
 >>> marks.take(0, 15, b"carol", b"v1", "carol@15")  # read again (the partition came back)
@@ -50,17 +52,9 @@ T = TypeVar("T")
 
 
 def mark_value(first_offset: int) -> bytes:
-    """The value of a flush mark: the changelog offset of the flush's first record."""
+    """The value of a flush mark: the changelog offset of the flush's first record (for
+    whoever inspects the changelog; readers need only the key)."""
     return orjson.dumps({"from": first_offset})
-
-
-def mark_first_offset(value: bytes | None) -> int:
-    """The first offset a flush mark covers (a mark that cannot be read covers nothing held)."""
-    try:
-        first = orjson.loads(value or b"{}").get("from")
-    except (orjson.JSONDecodeError, AttributeError):
-        return 1 << 62
-    return first if isinstance(first, int) else 1 << 62
 
 
 class FlushMarks(Generic[T]):
@@ -83,17 +77,13 @@ class FlushMarks(Generic[T]):
         if key != MARK_KEY:
             held.append((offset, record))
             return []
-        first = mark_first_offset(value)
-        del self.held[partition]
-        released = [r for o, r in held if o >= first]
-        self.dropped += len(held) - len(released)
-        return released
+        return [r for _o, r in self.held.pop(partition)]
 
-    def drop(self, partitions: set[int] | None = None) -> int:
+    def drop(self, partitions: set[int] | None = None) -> list[T]:
         """Forget what is held for ``partitions`` (all if None): flushes no mark completed.
-        Returns how many records were dropped."""
-        dropped = 0
-        for partition in list(self.held if partitions is None else partitions & self.held.keys()):
-            dropped += len(self.held.pop(partition))
-        self.dropped += dropped
+        Returns the records dropped, so their keys can be written again."""
+        dropped: list[T] = []
+        for partition in sorted(self.held if partitions is None else partitions & self.held.keys()):
+            dropped.extend(r for _o, r in self.held.pop(partition))
+        self.dropped += len(dropped)
         return dropped

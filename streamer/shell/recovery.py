@@ -102,13 +102,39 @@ class EndProbingConsumer(aiokafka_driver.Consumer):
         return await probe_end_offsets(bootstrap, reported, **getattr(self.app, "kafka_options", {}))
 
 
+def never_committed(committed: Mapping[TP, int | None], is_changelog: Callable[[TP], bool]) -> list[TP]:
+    """The input partitions of ``committed`` (what ``seek_to_committed`` found) that aiokafka
+    did not seek: no committed offset, or 0 (it seeks only past 0).
+
+    >>> never_committed({TP("orders", 0): None, TP("orders", 1): 40, TP("orders", 2): 0, TP("app-state-changelog", 0): None},
+    ...                 lambda tp: tp.topic.endswith("-changelog"))
+    [TP(topic='orders', partition=0), TP(topic='orders', partition=2)]
+    """
+    return [tp for tp, offset in committed.items() if not offset and not is_changelog(tp)]
+
+
 class StreamerConsumer(EndProbingConsumer):
-    """...that also runs the app's ``before_commit`` hooks before it commits offsets.
+    """...that also runs the app's ``before_commit`` hooks before it commits offsets, and puts
+    partitions that have no committed offset back at their beginning after a rebalance.
 
     Faust commits the offsets acknowledged so far after flushing its producer. The hooks run
     between choosing those offsets and committing them, so everything they write (the state
     table's write-back, see ``tables.TableStore``) covers at least the records committed.
     """
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust drops the records a fetch returns for a partition it paused meanwhile (table
+        recovery pauses the inputs), after the client has moved past them, and counts on this
+        seek, after every rebalance, to go back to them. aiokafka seeks only where an offset
+        is committed, so a partition without one stayed past the dropped records: a worker
+        that took over from one killed before its first commit skipped them for good (seen:
+        the 250 records of one poll, never processed). ``earliest`` is what such a partition
+        starts from anyway; being there again costs re-reading what was not committed."""
+        committed = await super().seek_to_committed()
+        fresh = never_committed(committed, self._is_changelog_tp)
+        if fresh:
+            await self._thread.seek_to_beginning(*fresh)
+        return committed
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         commit_offsets = self._filter_committable_offsets(tps)

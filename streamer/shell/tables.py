@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -41,13 +41,17 @@ class FlushMarkedTable(faust.Table):
     """A Faust table whose changelog is read back in whole write-backs only.
 
     Every write-back (:meth:`TableStore.flush`) ends with a flush mark per changelog partition;
-    recovery and standbys apply a write-back's records only when its mark is read, and drop
-    the records of a write-back a kill interrupted (see :mod:`streamer.shell.flush_marks`).
+    recovery and standbys apply a write-back's records only when a mark is read, and the owner
+    of a partition drops the records of a write-back a kill interrupted and writes those
+    customers again (see :mod:`streamer.shell.flush_marks`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.marks: FlushMarks[Any] = FlushMarks()
+        #: Gets ``{key: partition}`` of the records an unfinished write-back left behind, once
+        #: recovery has dropped them (the state store writes those customers again).
+        self.on_unfinished: Callable[[dict[bytes, int]], None] | None = None
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         complete: list[Any] = []
@@ -63,7 +67,9 @@ class FlushMarkedTable(faust.Table):
         # this worker processes them again. (A standby keeps reading; its mark may follow.)
         dropped = self.marks.drop({tp.partition for tp in active_tps})
         if dropped:
-            log.warning("dropped %d changelog records of a write-back that a stopped worker did not finish; their events are processed again", dropped)
+            log.warning("dropped %d changelog records of a write-back that a stopped worker did not finish; their events are processed again", len(dropped))
+            if self.on_unfinished is not None:
+                self.on_unfinished({event.message.key: event.message.partition for event in dropped})
         await super().on_recovery_completed(active_tps, standby_tps)
 
 
@@ -132,6 +138,20 @@ class TableStore:
     def delete(self, customer: str, partition: int) -> None:
         self.pending[customer.encode()] = (partition, None)
 
+    def rewrite(self, unfinished: Mapping[bytes, int]) -> None:
+        """Queue the recovered state of each customer an unfinished write-back wrote (``key ->
+        partition``), a deletion where there is none, for the next write-back.
+
+        Their records from the unfinished one stay in the changelog, and the next mark releases
+        them to whoever reads it; this rewrite comes after them and before that mark, so it is
+        what they end up with (see :mod:`streamer.shell.flush_marks`). A newer change of the
+        customer, already pending, does the same.
+        """
+        for key, partition in unfinished.items():
+            if key not in self.pending:
+                with partition_context(partition):
+                    self.pending[key] = (partition, self.table.get(key))
+
     async def _send(self, partition: int, key: bytes, value: bytes | None) -> Awaitable[Any]:
         """Queue one changelog record on the producer; returns its delivery (``.offset``).
 
@@ -195,6 +215,7 @@ class TableStore:
 
 
 store = TableStore(customers, deflate=settings.state_compression == "deflate")
+customers.on_unfinished = store.rewrite
 app.before_commit.append(store.flush)
 
 

@@ -1,8 +1,8 @@
 """The state write-back: a change is readable at once, reaches the table and its changelog only
 at flush, and only after the outputs queued before it are acknowledged; each write-back ends
-with a flush mark per changelog partition, and the table reads back only marked write-backs; a
-failed flush keeps the changes; the consumer runs the flush between choosing offsets and
-committing them."""
+with a flush mark per changelog partition, and the table reads back only marked write-backs
+(the customers of an unmarked one are written again); a failed flush keeps the changes; the
+consumer runs the flush between choosing offsets and committing them."""
 
 from __future__ import annotations
 
@@ -158,19 +158,51 @@ def changelog_event(partition: int, offset: int, key: bytes, value: bytes | None
 async def test_the_table_reads_back_whole_write_backs_only(monkeypatch: pytest.MonkeyPatch) -> None:
     table = tables.customers
     applied: list[tuple[int, bytes]] = []
+    unfinished: list[dict[bytes, int]] = []
     # Faust's own parts stand in: what reaches the store, and the recovery callbacks.
     monkeypatch.setattr(tables.faust.Table, "apply_changelog_batch", lambda self, batch: applied.extend((e.message.offset, e.message.key) for e in batch))
     monkeypatch.setattr(tables.faust.Table, "on_recovery_completed", AsyncMock())
     monkeypatch.setattr(table, "marks", tables.FlushMarks())
-    # Partition 0: a whole write-back, then one a kill interrupted, then the next owner's.
+    monkeypatch.setattr(table, "on_unfinished", unfinished.append)
+    # Partition 0: a whole write-back, then one a kill interrupted (a@13), which recovery ends
+    # with; then the next owner's, which writes a again before its mark.
     # Partition 1: a write-back whose mark is not in when recovery ends.
     table.apply_changelog_batch([changelog_event(0, 10, b"a", b"1"), changelog_event(0, 11, b"b", b"1"), changelog_event(1, 5, b"c", b"1")])
     assert applied == []  # nothing before its mark
     table.apply_changelog_batch([changelog_event(0, 12, MARK_KEY, mark_value(10)), changelog_event(0, 13, b"a", b"2")])
     assert applied == [(10, b"a"), (11, b"b")]
-    table.apply_changelog_batch([changelog_event(0, 14, b"b", b"2"), changelog_event(0, 15, MARK_KEY, mark_value(14))])
-    assert applied == [(10, b"a"), (11, b"b"), (14, b"b")]  # a@13 (the killed write-back) dropped
-    await table.on_recovery_completed({TP("changelog", 1)}, set())
+    await table.on_recovery_completed({TP("changelog", 0), TP("changelog", 1)}, set())
+    assert unfinished == [{b"a": 0, b"c": 1}]  # dropped, and handed over to be written again
+    assert applied == [(10, b"a"), (11, b"b")]
+    table.apply_changelog_batch([changelog_event(0, 14, b"a", b"1"), changelog_event(0, 15, b"b", b"2"), changelog_event(0, 16, MARK_KEY, mark_value(14))])
     table.apply_changelog_batch([changelog_event(1, 6, MARK_KEY, mark_value(6))])
-    assert applied == [(10, b"a"), (11, b"b"), (14, b"b")]  # c@5 was dropped at the end of recovery
+    assert applied == [(10, b"a"), (11, b"b"), (14, b"a"), (15, b"b")]  # c@5 stays dropped
     assert table.marks.dropped == 2
+
+
+async def test_a_mark_releases_write_backs_whose_marks_compaction_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The changelog is compacted, and every mark has the same key: the log cleaner keeps only
+    a partition's newest. A reader then finds several write-backs before one mark, all whole."""
+    table = tables.customers
+    applied: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(tables.faust.Table, "apply_changelog_batch", lambda self, batch: applied.extend((e.message.offset, e.message.key) for e in batch))
+    monkeypatch.setattr(table, "marks", tables.FlushMarks())
+    # What is left of [a@10 mark@11] [b@20 mark@21] [a@30 c@31 mark@32] after cleaning:
+    # a@10 went (a is newer at 30), and so did the marks at 11 and 21.
+    table.apply_changelog_batch([changelog_event(0, 20, b"b", b"1"), changelog_event(0, 30, b"a", b"2"), changelog_event(0, 31, b"c", b"1")])
+    table.apply_changelog_batch([changelog_event(0, 32, MARK_KEY, mark_value(30))])
+    assert applied == [(20, b"b"), (30, b"a"), (31, b"c")]  # b, whose own mark is gone, too
+    assert table.marks.dropped == 0
+
+
+async def test_customers_an_unfinished_write_back_left_are_written_again(order: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tables.TableStore(tables.customers)
+    monkeypatch.setitem(tables.customers.data, b"g", state("g", 1).to_bytes())
+    store.put("h", state("h", 0, n=3))  # changed again since: the newer change is what is written
+    store.rewrite({b"g": 1, b"h": 0, b"i": 0})  # i: no recovered state (it was new)
+    assert store.pending[b"g"] == (1, tables.customers.data[b"g"])
+    assert len(store.get("h").orders) == 3
+    assert store.pending[b"i"] == (0, None)
+    assert await store.flush() == 3
+    assert sorted(o[1:] for o in order if o[0] == "changelog") == [(0, b"h", True), (0, b"i", False), (1, b"g", True)]
+    assert sorted(o[1] for o in order if o[0] == "mark") == [0, 1]

@@ -4,11 +4,15 @@ not taken for duplicates, and not re-scored against a clock moved on by half of 
 
 The unfinished write-back is written here the way a worker killed mid-write leaves it: a
 customer's next state in the changelog (as the core computes it from the state there and the
-customer's next order), and no flush mark after it.
+customer's next order), and no flush mark after it. The next owner writes the customer again
+(as recovered) before its first mark, so a later reader, which a mark releases everything held
+before it to, ends with the recovered state too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import urllib.request
 
 import orjson
@@ -78,8 +82,21 @@ async def test_a_write_back_cut_short_is_not_recovered(make_worker, broker: str,
         finally:
             await producer.stop()
 
+        leftover = (await changelog_records(broker, changelog))[-1][0]
+
         second = make_worker(env)
         assert customer_orders(second.url, customer) == 2  # the unfinished write-back is not in the state
+        # Its first write-back writes the customer again, as recovered, and marks it: whoever
+        # reads the changelog later takes the rewrite after the leftover.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            after = [(k, v) for o, k, v in await changelog_records(broker, changelog) if o > leftover]
+            if any(k == MARK_KEY for k, _v in after):
+                break
+            await asyncio.sleep(0.5)
+        rewrites = [v for k, v in after if k == customer.encode()]
+        assert rewrites and after[-1][0] == MARK_KEY, after
+        assert len(CustomerState.from_bytes(rewrites[-1]).orders) == 2
         # The third order (its offset was never committed) is processed, not taken for a duplicate.
         await kafka.send(topics["orders"], "orders", customer.encode(), order_event(customer, 2))
         third = await kafka.wait_for(scored(2), timeout_s=60)
