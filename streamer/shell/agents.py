@@ -77,13 +77,6 @@ async def handle(role: str, event: Any) -> Result:
         except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
             metrics.publish_errors.inc()
             log.error("publishing results failed at %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
-        # Acknowledged here, with its state changed and its outputs queued, not at the end of
-        # its batch: the write-back chooses the offsets to commit under this lock, and must
-        # find exactly the records whose states it writes (see recovery.StreamerConsumer).
-        # (The batch's own acknowledgement later finds it done; Faust's sensors hear of it here.)
-        if event.ack():
-            message = event.message
-            app.sensors.on_message_out(message.tp, message.offset, message)
     if result.drifts:
         log.warning("drift detected (ADWIN) in the online purchase model's error; it keeps learning from new labels")
     try:

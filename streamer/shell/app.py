@@ -31,12 +31,10 @@ def credentials(security: KafkaSecurity) -> Any:
 
 class StreamerApp(faust.App):
     """faust.App whose table recovery reads changelogs to their real end, and which runs
-    ``before_commit`` hooks that choose the offsets it commits (see recovery.py)."""
+    ``before_commit`` hooks before committing offsets (see recovery.py)."""
 
-    #: Coroutines the consumer awaits before every offset commit (the state write-back), with
-    #: the callback that chooses the offsets to commit (each calls it once, where what it
-    #: writes matches the records acknowledged so far).
-    before_commit: list[Callable[[Callable[[], None]], Awaitable[Any]]]
+    #: Coroutines the consumer awaits before every offset commit (the state write-back).
+    before_commit: list[Callable[[], Awaitable[Any]]]
     #: aiokafka options (TLS, SASL) for the extra clients the shell opens.
     kafka_options: dict[str, Any]
     fetch_max_wait_ms: int

@@ -24,39 +24,26 @@ from faust.types import TP
 
 log = logging.getLogger(__name__)
 
+#: Consecutive empty fetches that mean "this is the end of the log".
+EMPTY_FETCHES_AT_END = 2
 FETCH_TIMEOUT_MS = 200
 PROBE_DEADLINE_S = 10.0
 
 
 async def read_to_end(consumer: AIOKafkaConsumer, handle: Callable[[TopicPartition, list[Any]], None], deadline_s: float) -> None:
-    """Fetch each assigned partition from the consumer's position to its end (whatever high
-    watermark the broker reports), or until ``deadline_s`` passes; ``handle`` gets each
-    partition's records.
-
-    A partition is at its end when the broker answered a fetch at its current position with
-    nothing: aiokafka stamps every answer for the position it asked at
-    (``last_poll_timestamp``), and the records an answer brings are buffered by then, so a
-    stamp taken before a ``getmany`` that returns nothing for the partition is an empty
-    answer. (Counting empty polls, as before, depends on timing: on a loaded machine a poll
-    could time out before an answer with data is read.) A wall clock set back only delays the
-    end to the deadline.
-    """
+    """Fetch from the consumer's positions until fetches come back empty (the log's real end,
+    whatever high watermark the broker reports) or ``deadline_s`` passes; ``handle`` gets each
+    partition's records."""
+    empty = 0
     deadline = time.monotonic() + deadline_s
-    reading = set(consumer.assignment())
-    # Per partition, the wall-clock ms (aiokafka's stamps are time.time()) an answer must come
-    # after to be one for the current position.
-    since = dict.fromkeys(reading, int(time.time() * 1000))
-    while reading and time.monotonic() < deadline:
-        answered = {tp: consumer.last_poll_timestamp(tp) for tp in reading}
-        fetched = await consumer.getmany(*reading, timeout_ms=FETCH_TIMEOUT_MS)
-        now_ms = int(time.time() * 1000)
-        for tp, messages in fetched.items():
-            if messages:
-                handle(tp, messages)
-                since[tp] = now_ms + 1
-        for tp in list(reading):
-            if not fetched.get(tp) and (answered[tp] or 0) >= since[tp]:
-                reading.discard(tp)
+    while empty < EMPTY_FETCHES_AT_END and time.monotonic() < deadline:
+        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+        if not any(fetched.values()):
+            empty += 1
+            continue
+        empty = 0
+        for kafka_tp, messages in fetched.items():
+            handle(kafka_tp, messages)
 
 
 async def probe_end_offsets(bootstrap: str, reported: Mapping[TP, int], **client_options: Any) -> dict[TP, int]:
@@ -127,13 +114,12 @@ def never_committed(committed: Mapping[TP, int | None], is_changelog: Callable[[
 
 
 class StreamerConsumer(EndProbingConsumer):
-    """...that lets the app's ``before_commit`` hooks choose the offsets it commits, and puts
+    """...that also runs the app's ``before_commit`` hooks before it commits offsets, and puts
     partitions that have no committed offset back at their beginning after a rebalance.
 
-    Faust commits the offsets acknowledged so far after flushing its producer. Here each hook
-    (the state table's write-back, see ``tables.TableStore``) gets a ``choose`` callback and
-    calls it where what it writes matches the records acknowledged: the write-back commits
-    exactly the records whose states it writes.
+    Faust commits the offsets acknowledged so far after flushing its producer. The hooks run
+    between choosing those offsets and committing them, so everything they write (the state
+    table's write-back, see ``tables.TableStore``) covers at least the records committed.
     """
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -151,33 +137,10 @@ class StreamerConsumer(EndProbingConsumer):
         return committed
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
-        # The offsets are chosen by the write-back, at the moment it takes the changed states
-        # (under the lock the agents process and acknowledge each record under): the states it
-        # writes are then exactly those of the records committed, no more. States ahead of the
-        # committed offsets made a restarted worker re-process records against a partition
-        # that already held later ones (value-tier ranks, the clock): outputs re-published
-        # under the same id with other content, seen once in 16 loaded crash-test runs.
-        generation = self.app.consumer_generation_id
-        chosen: dict[TP, tuple[int, int]] = self.__dict__.setdefault("_chosen", {})
-
-        def choose() -> None:
-            # Every partition acknowledged by now, not only those Faust listed before the
-            # write-back waited for the lock: a partition's first records may have come since.
-            for tp, offset in self._filter_committable_offsets(list(self._acked)).items():
-                kept = chosen.get(tp)
-                chosen[tp] = (generation, max(offset, kept[1]) if kept and kept[0] == generation else offset)
-
-        hooks = getattr(self.app, "before_commit", ())
-        for hook in hooks:
-            await hook(choose)
-        if not hooks:
-            choose()
-        # Faust forgets the acknowledgements behind the offsets it hands out (and would not
-        # commit past the gap they leave), so the offsets stay chosen until committed.
-        # (Only this rebalance generation's: a partition may have moved meanwhile.)
-        commit_offsets = {tp: offset for tp, (g, offset) in chosen.items() if g == generation}
+        commit_offsets = self._filter_committable_offsets(tps)
+        for hook in getattr(self.app, "before_commit", ()):
+            await hook()
         if not commit_offsets:
-            chosen.clear()
             return False
         # The rest is Faust's own _commit_tps (faust-streaming 0.15), with the offsets chosen
         # above: publish attached messages, then flush and commit.
@@ -186,9 +149,7 @@ class StreamerConsumer(EndProbingConsumer):
         except ProducerSendError as exc:
             await self.crash(exc)
             return False
-        committed = await self._commit_offsets(commit_offsets, start_new_transaction=start_new_transaction)
-        chosen.clear()
-        return committed
+        return await self._commit_offsets(commit_offsets, start_new_transaction=start_new_transaction)
 
 
 class EndProbingTransport(aiokafka_driver.Transport):

@@ -104,8 +104,7 @@ class TableStore:
        :mod:`streamer.shell.flush_marks`): a reader applies a write-back whole or not at all;
     4. the local store takes the states (with RocksDB: then the offset of the mark, so a
        restart reads the changelog from there);
-    5. the offsets are committed: those of the records acknowledged when the changed states
-       were taken (1.), which are exactly the records whose states were written.
+    5. the offsets are committed.
 
     A worker killed at any point therefore either has a record's state *and* its outputs, or
     re-reads the record and publishes its outputs again (with the same deterministic ids) —
@@ -166,18 +165,10 @@ class TableStore:
         producer = self.table.app.producer
         return await producer.send(self.table.changelog_topic.get_topic_name(), key, value, partition, None, None)
 
-    async def flush(self, choose: Callable[[], None] | None = None) -> int:
-        """Write the states changed so far, after their outputs; returns how many.
-
-        ``choose`` (from the consumer, see ``recovery.StreamerConsumer``) picks the offsets to
-        commit after this write-back: called as the changed states are taken, under
-        :attr:`changing`, which the agents process and acknowledge each record under, so the
-        states written are exactly those of the records acknowledged.
-        """
+    async def flush(self) -> int:
+        """Write the states changed so far, after their outputs; returns how many."""
         async with self._lock:
             async with self.changing:
-                if choose is not None:
-                    choose()
                 if not self.pending:
                     return 0
                 changed, self.pending = self.pending, {}

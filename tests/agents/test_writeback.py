@@ -2,7 +2,7 @@
 at flush, and only after the outputs queued before it are acknowledged; each write-back ends
 with a flush mark per changelog partition, and the table reads back only marked write-backs
 (the customers of an unmarked one are written again); a failed flush keeps the changes; the
-write-back chooses the offsets the consumer commits, as it takes the changed states."""
+consumer runs the flush between choosing offsets and committing them."""
 
 from __future__ import annotations
 
@@ -114,70 +114,16 @@ async def test_the_write_back_waits_while_a_record_is_being_published(order: lis
     assert len(CustomerState.from_bytes(tables.customers.data[b"g"]).orders) == 2
 
 
-async def test_the_write_back_chooses_the_offsets_the_consumer_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_consumer_flushes_between_choosing_and_committing_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     consumer = MagicMock(spec=recovery.StreamerConsumer)
-    consumer.app = MagicMock(consumer_generation_id=3, before_commit=[AsyncMock(side_effect=lambda choose: calls.append("hook") or choose())])
-    consumer._acked = {"tp": [4]}  # the partitions acknowledged by the time the write-back chooses
-    consumer._filter_committable_offsets = MagicMock(side_effect=lambda tps: calls.append(f"choose {tps}") or {"tp": 5})
+    consumer.app = MagicMock(before_commit=[AsyncMock(side_effect=lambda: calls.append("hook"))])
+    consumer._filter_committable_offsets = MagicMock(side_effect=lambda tps: calls.append("choose") or {"tp": 5})
     consumer._handle_attached = AsyncMock(side_effect=lambda offsets: calls.append("attached"))
     consumer._commit_offsets = AsyncMock(side_effect=lambda offsets, start_new_transaction: calls.append(f"commit {offsets}") or True)
     assert await recovery.StreamerConsumer._commit_tps(consumer, ["tp"], start_new_transaction=True)
-    assert calls == ["hook", "choose ['tp']", "attached", "commit {'tp': 5}"]
+    assert calls == ["choose", "hook", "attached", "commit {'tp': 5}"]
     assert tables.store.flush in app.before_commit
-
-
-async def test_offsets_chosen_for_a_failed_write_back_are_committed_by_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Faust drops the acknowledgements behind the offsets it hands out; lost, the partition's
-    next acknowledged offsets would no longer follow its committed one, which Faust's
-    ``_new_offset`` does not commit."""
-    consumer = MagicMock(spec=recovery.StreamerConsumer)
-    offered = iter([{"a": 5, "b": 7}, {"a": 9}, {"b": 8}])
-    consumer._acked = {"a": [], "b": []}
-    consumer._filter_committable_offsets = MagicMock(side_effect=lambda tps: next(offered))
-    consumer._handle_attached = AsyncMock()
-    committed: list[dict[str, int]] = []
-    consumer._commit_offsets = AsyncMock(side_effect=lambda offsets, start_new_transaction: committed.append(dict(offsets)) or True)
-
-    async def failing_write_back(choose: Any) -> None:
-        choose()
-        raise RuntimeError("broker down")
-
-    consumer.app = MagicMock(consumer_generation_id=1, before_commit=[failing_write_back])
-    with pytest.raises(RuntimeError):
-        await recovery.StreamerConsumer._commit_tps(consumer, ["a", "b"], start_new_transaction=True)
-    consumer.app.before_commit = [AsyncMock(side_effect=lambda choose: choose())]
-    assert await recovery.StreamerConsumer._commit_tps(consumer, ["a", "b"], start_new_transaction=True)
-    assert committed == [{"a": 9, "b": 7}]
-    # After a rebalance (a new generation) what was chosen before is not committed.
-    offered = iter([{"a": 12}, {"b": 2}])
-    consumer.app.before_commit = [failing_write_back]
-    with pytest.raises(RuntimeError):
-        await recovery.StreamerConsumer._commit_tps(consumer, ["a", "b"], start_new_transaction=True)
-    consumer.app.consumer_generation_id = 2
-    consumer.app.before_commit = [AsyncMock(side_effect=lambda choose: choose())]
-    assert await recovery.StreamerConsumer._commit_tps(consumer, ["a", "b"], start_new_transaction=True)
-    assert committed[-1] == {"b": 2}
-
-
-async def test_the_write_back_chooses_offsets_as_it_takes_the_states(order: list[Any]) -> None:
-    """The offsets are chosen under the lock the agents change states (and acknowledge their
-    records) under, in the same step as the changed states are taken: not before, when later
-    records' states would be written without being committed."""
-    store = tables.TableStore(tables.customers)
-    seen: list[set[bytes]] = []
-    store.put("j", state("j", 0))
-    await store.changing.acquire()  # an agent mid-record
-    flushing = asyncio.create_task(store.flush(lambda: seen.append(set(store.pending))))
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert seen == []  # not while the record is being processed
-    store.put("k", state("k", 0))
-    store.changing.release()
-    assert await flushing == 2
-    assert seen == [{b"j", b"k"}]
-    assert await store.flush(lambda: seen.append(set(store.pending))) == 0
-    assert seen[-1] == set()  # chosen on every commit, changed states or not
 
 
 async def test_a_failed_changelog_write_keeps_the_changes_and_writes_no_mark(monkeypatch: pytest.MonkeyPatch, order: list[Any]) -> None:
