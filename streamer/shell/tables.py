@@ -113,9 +113,9 @@ class TableStore:
     had.
     """
 
-    def __init__(self, table: Any, deflate: bool = True) -> None:
+    def __init__(self, table: Any, codec: str = "zstd") -> None:
         self.table = table
-        self.deflate = deflate  # STATE_COMPRESSION: how states are stored
+        self.codec = codec  # STATE_COMPRESSION: how states are stored
         #: key -> (partition, state bytes or None for a deletion), newest change per key.
         self.pending: dict[bytes, tuple[int, bytes | None]] = {}
         #: The changes being written by :meth:`flush` (readable until they are in the table).
@@ -133,7 +133,7 @@ class TableStore:
         return CustomerState.from_bytes(raw) if raw is not None else None
 
     def put(self, customer: str, state: CustomerState) -> None:
-        self.pending[customer.encode()] = (state.partition, state.to_bytes(self.deflate))
+        self.pending[customer.encode()] = (state.partition, state.to_bytes(self.codec))
 
     def delete(self, customer: str, partition: int) -> None:
         self.pending[customer.encode()] = (partition, None)
@@ -214,7 +214,7 @@ class TableStore:
             return len(changed)
 
 
-store = TableStore(customers, deflate=settings.state_compression == "deflate")
+store = TableStore(customers, codec=settings.state_compression)
 customers.on_unfinished = store.rewrite
 app.before_commit.append(store.flush)
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamer.core.engine import Record
-from streamer.core.state import DEFLATED_STATE, CustomerState
+from streamer.core.state import DEFLATED_STATE, ZSTD_MAGIC, CustomerState
 
 _partitioner = DefaultPartitioner()
 
@@ -22,7 +22,7 @@ def decode(value: bytes | None) -> dict | None:
     tombstone (no value)."""
     if value is None:
         return None
-    if value[:1] == DEFLATED_STATE:
+    if value[:4] == ZSTD_MAGIC or value[:1] == DEFLATED_STATE:
         return CustomerState.from_bytes(value).to_dict()
     return orjson.loads(value)
 

@@ -35,6 +35,7 @@ def test_every_setting_is_in_the_readme_table() -> None:
         ("FX_RATES", "EUR:1.1", "FX_RATES item 'EUR:1.1'"),
         ("AT_RISK_THRESHOLD", "1.5", "AT_RISK_THRESHOLD must be between 0 and 1"),
         ("TOPIC_SCORES", "orders", "topic names must be distinct"),
+        ("STATE_COMPRESSION", "lz4", "STATE_COMPRESSION='lz4': use one of zstd, deflate, none"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:

@@ -403,23 +403,54 @@ def test_state_roundtrip_and_version():
         CustomerState.from_bytes(orjson.dumps(doc))
 
 
-def test_stored_states_are_deflated_and_plain_json_ones_still_read():
+def test_stored_states_are_zstd_and_deflated_and_plain_json_ones_still_read():
     import orjson
+    import zstandard
 
-    from streamer.core.state import DEFLATED_STATE
+    from streamer.core.state import DEFLATED_STATE, STATE_ZDICT, ZSTD_MAGIC
 
     state = fold([order("o1", T0, 12.5, 3.25), order("o2", T0 + DAY, 40.0, 10.0), other("e1", "Email Opened", T0 + 2, {"email_id": "m"})])
     state.segments = {"lifecycle": "active", "value_tier": "mid", "churn_band": "low", "engagement": "engaged"}
     state.triggers = {"onboarding": [T0 + 60.0, T0 + 60.0]}
     stored = state.to_bytes()
     text = orjson.dumps(state)
-    assert stored[:1] == DEFLATED_STATE and len(stored) < 0.5 * len(text)
+    assert stored[:4] == ZSTD_MAGIC and len(stored) < 0.5 * len(text)
+    # A standard zstd frame: any zstd reader with the dictionary gets the JSON back.
+    plain_reader = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(STATE_ZDICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
+    assert plain_reader.decompress(stored) == text
     assert CustomerState.from_bytes(stored) == state
-    assert CustomerState.from_bytes(text) == state  # what an earlier version left in a changelog
-    assert state.to_bytes(deflate=False) == text  # STATE_COMPRESSION=none
-    for broken in (stored[:-3], DEFLATED_STATE + b"garbage"):
+    deflated = state.to_bytes("deflate")  # STATE_COMPRESSION=deflate, what earlier versions wrote
+    assert deflated[:1] == DEFLATED_STATE and len(deflated) < 0.5 * len(text)
+    assert CustomerState.from_bytes(deflated) == state
+    assert CustomerState.from_bytes(text) == state  # plain JSON, what the first versions wrote
+    assert state.to_bytes("none") == text  # STATE_COMPRESSION=none
+    with pytest.raises(ValueError, match="unknown state codec"):
+        state.to_bytes("lz4")
+    for broken in (stored[:-3], ZSTD_MAGIC + b"garbage", deflated[:-3], DEFLATED_STATE + b"garbage"):
         with pytest.raises(ValueError, match="corrupt state"):
             CustomerState.from_bytes(broken)
+
+
+def test_a_zstd_frame_that_claims_a_huge_state_is_refused_before_allocating_it():
+    import zstandard
+
+    from streamer.core.state import ZSTD_MAGIC
+
+    frame = zstandard.ZstdCompressor().compress(b" " * (17 * 1024 * 1024))  # says 17 MiB inside
+    assert frame[:4] == ZSTD_MAGIC
+    with pytest.raises(ValueError, match="corrupt state: a frame of 17825792 bytes"):
+        CustomerState.from_bytes(frame)
+
+
+def test_zstd_states_round_trip_from_several_threads():
+    # The (de)compressors are per thread: states coded on other threads (a test, a tool) at
+    # the same time come back whole.
+    from concurrent.futures import ThreadPoolExecutor
+
+    states = [fold([order(f"o{n}-{k}", T0 + k * DAY, 10.0 + k, 1.0) for k in range(n % 7 + 1)]) for n in range(400)]
+    with ThreadPoolExecutor(4) as pool:
+        back = list(pool.map(lambda s: CustomerState.from_bytes(s.to_bytes()), states))
+    assert back == states
 
 
 def test_redelivery_of_an_archived_order_is_still_a_duplicate() -> None:
@@ -454,9 +485,10 @@ def test_states_deflated_with_zlibs_default_window_still_read_and_large_states_r
     earlier = DEFLATED_STATE + old.compress(orjson.dumps(state)) + old.flush()
     assert CustomerState.from_bytes(earlier) == state
     # A usual state and the dictionary fit in the small window: the same bytes as before.
-    assert state.to_bytes() == earlier
+    assert state.to_bytes("deflate") == earlier
 
     big = fold([order(f"order-{n:04d}", T0 + n * DAY, 10.0 + n, 1.0) for n in range(40)])
     big.seen = [f"event-{n:06d}-{'x' * 40}" for n in range(200)]
     assert len(orjson.dumps(big)) > 3 * 4096
+    assert CustomerState.from_bytes(big.to_bytes("deflate")) == big
     assert CustomerState.from_bytes(big.to_bytes()) == big
