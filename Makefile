@@ -45,3 +45,9 @@ bench: $(STAMP)
 .PHONY: bench-compiled
 bench-compiled: $(STAMP)
 	$(BIN)/python -m bench.compiled_core $(BENCH_ARGS)
+
+# Memory per customer at scale, the partition index in memory vs bounded (bench/scale.py): the
+# core replayed into a RocksDB state store, no Kafka. Options: BENCH_ARGS="--customers 1000000".
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)

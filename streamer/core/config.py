@@ -173,6 +173,13 @@ class ScoringConfig:
     value_tier_hysteresis: float = 0.05
     #: Below this many scored customers in a partition, value tier is "unranked".
     value_tier_min_population: int = 50
+    #: Per partition: up to this many customers the value ranking is exact; beyond, a
+    #: fixed-size log-scale sketch (streamer.core.value_ranks), so memory and the cost of an
+    #: update stay bounded with millions of customers.
+    value_rank_exact_limit: int = 25_000
+    #: Per partition: the population refit reads at most this many customers, a uniform
+    #: sample by hash of the id (streamer.core.partition_columns).
+    refit_sample_per_partition: int = 25_000
     #: Orders kept individually per customer (for refunds and windows); older ones are folded
     #: into aggregates so state stays bounded for very frequent buyers.
     max_orders_kept: int = 100

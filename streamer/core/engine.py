@@ -5,13 +5,14 @@ state lives (a Faust table, a dict) and where outgoing records go differ.
 
 Time is *event time*: each partition keeps a clock at the newest event time it has seen.
 Changes that happen with no new event from a customer (at risk, lapsed, loyalty ending) are
-kept in a due-queue per partition (`due_queue.DueQueue`) and fired when the partition clock passes them,
+kept in timers per partition (`timers.MemoryTimers`, or `timers.DiskTimers` on disk) and fired when the partition clock passes them,
 at exactly their due time — so replaying a year of history gives the same segment changes,
 with the same timestamps and ids, as living through it.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 
 import numpy as np
@@ -30,8 +31,9 @@ from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
 from streamer.models.learned import LearnedScorer
 from streamer.models.online import DelayedLabelLearner
 from streamer.models.scorer import BTYDScorer, PopulationModel, fit_population
-from streamer.core.due_queue import DueQueue
 from streamer.core.partition_columns import PartitionColumns
+from streamer.core.timers import MemoryTimers, Timers
+from streamer.core.value_ranks import PartitionRanks
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
 
@@ -136,15 +138,16 @@ def risk_bucket(risk: float) -> int:
 
 @dataclass
 class PartitionClock:
-    """Event-time clock, due-queue and value ranking of one partition."""
+    """Event-time clock, timers and value ranking of one partition."""
 
     now: float = 0.0
-    #: Per customer: due time, ranked CLV, and what a population refit needs (repeat purchase
-    #: days, first and last order time, mean repeat value), without reading the table.
+    #: Per customer, without reading the table: what a population refit needs (repeat
+    #: purchase days, first and last order time, mean repeat value; a bounded sample), and
+    #: the due time while the timers are in memory.
     columns: PartitionColumns = field(default_factory=PartitionColumns)
-    #: Customers by due time; may hold stale entries, the ``due`` column says which are current.
-    due: DueQueue = field(init=False)
-    ranks: segments.PartitionRanks = field(default_factory=segments.PartitionRanks)
+    #: Customers by due time (in memory, or on disk: see streamer.core.timers).
+    timers: Timers = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    ranks: PartitionRanks = field(default_factory=PartitionRanks)
     #: Customers in this partition's state (kept here so the gauge needs no table scan).
     customers: int = 0
     #: Customers per (family, segment), and per churn-risk bucket: what /segments and the
@@ -153,7 +156,8 @@ class PartitionClock:
     risk_histogram: list[int] = field(default_factory=lambda: [0] * RISK_BUCKETS)
 
     def __post_init__(self) -> None:
-        self.due = DueQueue(self.columns.due_of)
+        if self.timers is None:
+            self.timers = MemoryTimers(self.columns)
 
     def count_segment(self, family: str, old: str | None, new: str | None) -> None:
         if old is not None:
@@ -171,23 +175,13 @@ class PartitionClock:
 
     def schedule(self, customer: str, due: float | None) -> None:
         """Set (or clear) a customer's due time, with no scan of other customers."""
-        columns = self.columns
-        if columns.set_due(customer, due) == due or due is None:
-            return  # unchanged (its queue entry stands), or cleared (its entry is now stale)
-        self.due.push(customer, due)
-        if len(self.due) > 2 * len(columns) + 1024:
-            # Stale entries pile up as customers keep buying; rebuild so memory stays
-            # proportional to customers, not to events.
-            self.due.rebuild(columns.due_times().items())
-
-    def set_value(self, customer: str, value: float | None) -> None:
-        """Set (or clear) the CLV a customer is ranked by."""
-        self.ranks.replace(self.columns.set_value(customer, value), value)
+        self.timers.set(customer, due)
 
     def forget(self, state: CustomerState) -> None:
         """Remove a customer from every structure of the partition (erasure)."""
         customer = state.customer
-        self.set_value(customer, None)
+        self.ranks.replace(state.value, None)
+        self.timers.set(customer, None)
         self.columns.release(customer)
         for family, segment in state.segments.items():
             self.count_segment(family, segment, None)
@@ -196,10 +190,46 @@ class PartitionClock:
 
     def pop_due(self) -> tuple[float, str] | None:
         """The next current (due, customer) at or before ``now``, or None."""
-        item = self.due.pop(self.now)
-        if item is not None:
-            self.columns.set_due(item[1], None)
-        return item
+        return self.timers.pop(self.now)
+
+
+class _Restore:
+    """One partition's clock being rebuilt from its states (``Engine.restore_partitions``)."""
+
+    #: Due times are handed to the timers in chunks of this many: bounded memory on restore.
+    CHUNK = 10_000
+
+    def __init__(self, clock: PartitionClock, config: ScoringConfig) -> None:
+        self.clock, self.config = clock, config
+        self.values = array("d")  # CLVs, ranked in one go at the end (one sort)
+        self.due_times: list[tuple[str, float]] = []
+        self.count = 0
+
+    def add(self, state: CustomerState) -> None:
+        clock = self.clock
+        self.count += 1
+        clock.now = max(clock.now, state.last_event_at)
+        if state.value is not None:
+            self.values.append(state.value)
+        for family, segment in state.segments.items():
+            clock.count_segment(family, None, segment)
+        clock.count_risk(None, state.risk)
+        if state.next_due is not None:
+            self.due_times.append((state.customer, state.next_due))
+            if len(self.due_times) >= self.CHUNK:
+                clock.timers.load(self.due_times)
+                self.due_times = []
+        if state.orders or state.archive[0]:
+            f = features_mod.compute(state, clock.now, self.config)
+            if f.first_order_at is not None and f.last_order_at is not None:  # always, with orders
+                clock.columns.set_refit(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
+
+    def finish(self) -> int:
+        clock = self.clock
+        clock.timers.load(self.due_times)
+        clock.ranks.extend(self.values)
+        clock.customers = self.count
+        return self.count
 
 
 class Engine:
@@ -212,6 +242,7 @@ class Engine:
         scorers: list[Scorer] | None = None,
         wall_clock: Callable[[], float] = _time.time,
         clock: str = "event",
+        disk_timers: Callable[[int], Timers] | None = None,
     ) -> None:
         self.config = config or ScoringConfig()
         self.limits = limits or Limits()
@@ -225,6 +256,8 @@ class Engine:
         #: "event": a partition's clock is its newest event time (replays = live); "wall":
         #: also the wall clock, so timers fire on time in quiet partitions (see advance_clock).
         self.clock_mode = clock
+        #: partition -> fresh timers on disk (None: in memory, with the partition's columns).
+        self.disk_timers = disk_timers
         self.partitions: dict[int, PartitionClock] = {}
 
     @property
@@ -294,39 +327,42 @@ class Engine:
 
     # -- partition lifecycle ---------------------------------------------------------------
 
+    def _new_clock(self, partition: int) -> PartitionClock:
+        old = self.partitions.pop(partition, None)
+        if old is not None:
+            old.timers.close()
+        columns = PartitionColumns(self.config.refit_sample_per_partition)
+        timers = self.disk_timers(partition) if self.disk_timers is not None else MemoryTimers(columns)
+        clock = PartitionClock(columns=columns, timers=timers, ranks=PartitionRanks(self.config.value_rank_exact_limit))
+        self.partitions[partition] = clock
+        return clock
+
     def clock(self, partition: int) -> PartitionClock:
         clock = self.partitions.get(partition)
         if clock is None:
-            clock = self.partitions[partition] = PartitionClock()
+            clock = self._new_clock(partition)
         return clock
 
     def restore_partition(self, partition: int, states: Iterable[CustomerState]) -> int:
-        """Rebuild a partition's clock, due-queue and ranking from its recovered states."""
-        clock = self.partitions[partition] = PartitionClock()
-        count = 0
-        states_with_orders = []
-        columns, values = clock.columns, []
+        """Rebuild a partition's clock, timers and ranking from its recovered states."""
+        return self.restore_partitions([partition], states)
+
+    def restore_partitions(self, partitions: Iterable[int], states: Iterable[CustomerState]) -> int:
+        """Rebuild the clocks, timers and rankings of ``partitions`` from their recovered
+        states, in one pass over ``states`` (those of other partitions are skipped); returns
+        the customers restored.
+
+        The pass holds one state at a time: with STORE=rocksdb the states come off disk one by
+        one, and millions of them must not all be in memory at once. (A refit row depends on
+        the orders only, not on the time features are computed at, so it is set as its state
+        passes, before the partition's clock has reached its newest event.)
+        """
+        restoring = {partition: _Restore(self._new_clock(partition), self.config) for partition in partitions}
         for state in states:
-            count += 1
-            if state.orders or state.archive[0]:
-                states_with_orders.append(state)
-            clock.now = max(clock.now, state.last_event_at)
-            if state.value is not None:
-                columns.set_value(state.customer, state.value)
-                values.append(state.value)
-            for family, segment in state.segments.items():
-                clock.count_segment(family, None, segment)
-            clock.count_risk(None, state.risk)
-            if state.next_due is not None:
-                columns.set_due(state.customer, state.next_due)
-        clock.ranks.extend(values)  # one sort, not an insertion per customer
-        clock.due.rebuild(columns.due_times().items())
-        clock.customers = count
-        for state in states_with_orders:
-            f = features_mod.compute(state, clock.now, self.config)
-            if f.first_order_at is not None and f.last_order_at is not None:  # always, with orders
-                columns.set_refit(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)
-        return count
+            restore = restoring.get(state.partition)
+            if restore is not None:
+                restore.add(state)
+        return sum(restore.finish() for restore in restoring.values())
 
     @property
     def customers(self) -> int:
@@ -334,7 +370,9 @@ class Engine:
         return sum(clock.customers for clock in self.partitions.values())
 
     def forget_partition(self, partition: int) -> None:
-        self.partitions.pop(partition, None)
+        clock = self.partitions.pop(partition, None)
+        if clock is not None:
+            clock.timers.close()
 
     # -- the data path ---------------------------------------------------------------------
 
@@ -488,7 +526,7 @@ class Engine:
         clv = scores["formula_clv"] if feats.orders else None
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
             clock.columns.set_refit(state.customer, feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
-        clock.set_value(state.customer, clv)
+        clock.ranks.replace(state.value, clv)  # state.value: the CLV it was ranked by so far
         config = self.config
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, config)}
         if clv is not None:

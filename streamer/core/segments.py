@@ -8,8 +8,6 @@ the engine keeps in a due-queue per partition.
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left, insort
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -17,6 +15,7 @@ from functools import lru_cache
 from streamer.core.config import DAY, Bands, ScoringConfig
 from streamer.core.features import Features
 from streamer.core.scoring import days_until_risk
+from streamer.core.value_ranks import PartitionRanks
 
 LIFECYCLE = "lifecycle"
 VALUE_TIER = "value_tier"
@@ -87,50 +86,6 @@ def next_change_at(f: Features, scores: dict[str, float], config: ScoringConfig)
         candidates.append(f.loyal_until)
     future = [c + TIMER_SLACK_S for c in candidates if c + TIMER_SLACK_S > f.now]
     return min(future) if future else None
-
-
-class PartitionRanks:
-    """Sorted CLV values of one partition's customers, for value tiers by quantile.
-
-    A partition is a hash sample of all customers, so its quantiles estimate the population's;
-    ranking within the partition (not the worker) keeps tiers independent of how partitions
-    are spread over workers, so rebalancing and replays give the same tiers. The values are an
-    8-byte array slot each; who has which value is kept by the caller (the partition's
-    ``PartitionColumns``), which passes the value being replaced.
-
-    >>> ranks = PartitionRanks()
-    >>> for value in (10.0, 20.0, 30.0): ranks.replace(None, value)
-    >>> ranks.replace(10.0, 40.0); ranks.values().tolist(), ranks.quantile(35.0)
-    ([20.0, 30.0, 40.0], 0.6666666666666666)
-    """
-
-    def __init__(self) -> None:
-        self._values = array("d")
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def replace(self, old: float | None, new: float | None) -> None:
-        """Swap one customer's ``old`` value (None: it had none) for ``new`` (None: remove)."""
-        values = self._values
-        if old is not None:
-            at = bisect_left(values, old)
-            if at < len(values) and values[at] == old:
-                del values[at]
-        if new is not None:
-            insort(values, new)
-
-    def extend(self, values: list[float]) -> None:
-        """Add many values at once (a restore): one sort instead of an insertion each."""
-        self._values = array("d", sorted([*self._values, *values]))
-
-    def values(self) -> array:
-        """The ranked values, ascending (read-only view: do not modify)."""
-        return self._values
-
-    def quantile(self, value: float) -> float:
-        """Share of ranked customers with a strictly lower value."""
-        return bisect_left(self._values, value) / len(self._values) if self._values else 0.0
 
 
 def banded(value: float, bands: Bands, hysteresis: float, current: str | None) -> str:

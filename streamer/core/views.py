@@ -12,7 +12,6 @@ Plain Python, so tests call it without Faust; the web pages in the shell only se
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections import Counter, deque
@@ -23,6 +22,7 @@ from streamer.core import outputs
 from streamer.core.explain import explain
 from streamer.core.scoring import score
 from streamer.core.state import CustomerState
+from streamer.core.value_ranks import PartitionRanks
 
 #: Flows are kept per minute; older minutes than the window are dropped.
 FLOW_WINDOW_S = 24 * 3600.0
@@ -50,13 +50,16 @@ def customer_view(engine: Any, state: CustomerState) -> dict[str, Any]:
     }
 
 
-def _clv_histogram(values: list[float]) -> dict[str, Any]:
-    """Counts over log-spaced CLV buckets (CLV spans orders of magnitude)."""
-    edges = [0.0] + [10.0 * 2**i for i in range(CLV_BUCKETS - 1)]
-    counts = [0] * CLV_BUCKETS
-    for value in values:
-        counts[min(max(bisect.bisect_right(edges, value) - 1, 0), CLV_BUCKETS - 1)] += 1
-    return {"edges": edges, "counts": counts}
+#: Log-spaced CLV buckets (CLV spans orders of magnitude): bucket i holds edges[i] <= CLV <
+#: edges[i + 1], the first also anything lower, the last anything higher.
+CLV_EDGES = [0.0] + [10.0 * 2**i for i in range(CLV_BUCKETS - 1)]
+
+
+def _clv_counts(ranks: PartitionRanks) -> list[int]:
+    """A partition's ranked CLVs counted in the CLV_EDGES buckets (exact from a sketch too:
+    the edges fall on its bin edges)."""
+    below = [round(ranks.count_below(edge)) for edge in CLV_EDGES[1:]]
+    return [b - a for a, b in zip([0, *below], below)] + [len(ranks) - below[-1]]
 
 
 def partition_summary(engine: Any) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def partition_summary(engine: Any) -> dict[str, Any]:
     partitions. Values are plain JSON so summaries from several workers can be merged."""
     populations: dict[str, dict[str, int]] = {}
     risk = [0] * 10
-    clv_values: list[float] = []
+    clv_counts = [0] * CLV_BUCKETS
     customers = 0
     for clock in engine.partitions.values():
         customers += clock.customers
@@ -72,13 +75,13 @@ def partition_summary(engine: Any) -> dict[str, Any]:
             family_counts = populations.setdefault(family, {})
             family_counts[segment] = family_counts.get(segment, 0) + count
         risk = [a + b for a, b in zip(risk, clock.risk_histogram)]
-        clv_values.extend(clock.ranks.values())
+        clv_counts = [a + b for a, b in zip(clv_counts, _clv_counts(clock.ranks))]
     return {
         "customers": customers,
         "partitions": sorted(engine.partitions),
         "populations": populations,
         "churn_risk_histogram": {"edges": [i / 10 for i in range(11)], "counts": risk},
-        "clv_histogram": _clv_histogram(clv_values),
+        "clv_histogram": {"edges": CLV_EDGES, "counts": clv_counts},
     }
 
 

@@ -11,8 +11,8 @@ import asyncio
 import gc
 import logging
 import time
-from collections import defaultdict
 from functools import partial
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 
@@ -21,6 +21,7 @@ from aiokafka.admin import NewTopic
 from streamer.core.engine import SCORES, Engine, Record, Result
 from streamer.core.views import RecentActivity
 from streamer.core.state import CustomerState
+from streamer.core.timers import DiskTimers
 from streamer.metrics import Metrics
 from streamer.models.scorer import fit_population
 from streamer.shell.app import app, settings
@@ -32,7 +33,15 @@ from streamer.topics import COMPACTED
 
 log = logging.getLogger(__name__)
 
-engine = Engine(settings.scoring, settings.limits, clock=settings.clock)
+
+
+def disk_timers(partition: int) -> DiskTimers:
+    """STORE=rocksdb: a partition's due times in a RocksDB database of their own, next to the
+    table's (rebuilt from the states whenever the partition is assigned)."""
+    return DiskTimers(Path(settings.data_dir) / f"{settings.app_id}-timers" / f"p{partition}")
+
+
+engine = Engine(settings.scoring, settings.limits, clock=settings.clock, disk_timers=disk_timers if settings.store == "rocksdb" else None)
 metrics = Metrics()
 metrics.track_gc_pauses()
 #: The changelog must stay co-partitioned with the inputs too; Faust declares it once per process.
@@ -161,15 +170,11 @@ async def rebuild_partitions() -> None:
     """After recovery, rebuild each active partition's clock, due-queue and ranking."""
     changelog = customers.changelog_topic.get_topic_name()
     assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
-    by_partition: dict[int, list[CustomerState]] = defaultdict(list)
-    for _key, raw in customers.items():
-        state = CustomerState.from_bytes(raw)
-        if state.partition in assigned:
-            by_partition[state.partition].append(state)
     for partition in list(engine.partitions):
         if partition not in assigned:
             engine.forget_partition(partition)
-    restored = sum(engine.restore_partition(p, by_partition.get(p, [])) for p in assigned)
+    # One state at a time, straight from the table (with RocksDB, from disk).
+    restored = engine.restore_partitions(assigned, (CustomerState.from_bytes(raw) for _key, raw in customers.items()))
     log.info("state ready: %d customers on %d partitions", restored, len(assigned))
     await load_models()
 

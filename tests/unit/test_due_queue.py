@@ -1,4 +1,4 @@
-"""The bucketed due-queue pops exactly what a heap of (due, customer) pops."""
+"""The bucketed due-queue, and the timers on disk, pop exactly what a heap of (due, customer) pops."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from streamer.core.due_queue import BUCKET_S, DueQueue
 from streamer.core.engine import PartitionClock
+from streamer.core.timers import DiskTimers
 
 
 class HeapClock:
@@ -35,13 +36,20 @@ class HeapClock:
         return None
 
 
+def make_clock(kind: str, path) -> PartitionClock:
+    return PartitionClock() if kind == "memory" else PartitionClock(timers=DiskTimers(path / "timers"))
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
 @pytest.mark.parametrize("seed", range(6))
-def test_pops_in_the_order_of_a_heap(seed: int) -> None:
+def test_pops_in_the_order_of_a_heap(seed: int, kind: str, tmp_path) -> None:
     rng = random.Random(seed)
-    customers = [f"c{i}" for i in range(300)]
-    clock, reference = PartitionClock(), HeapClock()
+    # Ids of different lengths and a non-ASCII one: ties in due time are broken by id, in the
+    # same order in memory (str) and on disk (UTF-8 bytes).
+    customers = [f"c{i}" for i in range(300)] + ["c", "c1\u00e9", "\u00e9", "Z"]
+    clock, reference = make_clock(kind, tmp_path), HeapClock()
     popped = []
-    for _ in range(20_000):
+    for step in range(20_000):
         op = rng.random()
         if op < 0.55:
             customer = rng.choice(customers)
@@ -70,22 +78,26 @@ def test_pops_in_the_order_of_a_heap(seed: int) -> None:
                     later = clock.now + rng.uniform(0, 3 * BUCKET_S)
                     clock.schedule(got[1], later)
                     reference.schedule(got[1], later)
-        assert clock.columns.due_times() == reference.due_of
+        if kind == "memory" or step % 500 == 0:  # a full scan on disk
+            assert clock.timers.due_times() == reference.due_of
+    assert clock.timers.due_times() == reference.due_of
     clock.now = reference.now = clock.now + 100 * BUCKET_S
     while (want := reference.pop_due()) is not None:
         assert clock.pop_due() == want
     assert clock.pop_due() is None
     assert sum(item is not None for item in popped) > 1000
+    clock.timers.close()
 
 
 def test_stale_entries_are_shed() -> None:
     clock = PartitionClock()
     for n in range(5000):  # one customer rescheduled over and over
         clock.schedule("a", 1e6 + n * 10.0)
-    assert len(clock.due) <= 2 * len(clock.columns) + 1024
+    queue = clock.timers.queue
+    assert len(queue) <= 2 * len(clock.columns) + 1024
     clock.now = 2e6
     assert clock.pop_due() == (1e6 + 4999 * 10.0, "a")
-    assert clock.pop_due() is None and len(clock.due) == 0
+    assert clock.pop_due() is None and len(queue) == 0
 
 
 def test_an_empty_queue() -> None:

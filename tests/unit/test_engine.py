@@ -275,7 +275,7 @@ def restore_and_continue(records: list[Record], split: int, eng_factory=engine):
     for p in eng1.partitions:
         assert eng2.restore_partition(p, by_partition.get(p, [])) == len(by_partition.get(p, []))
         assert eng2.partitions[p].now == eng1.partitions[p].now
-        assert eng2.partitions[p].columns.due_times() == eng1.partitions[p].columns.due_times()
+        assert eng2.partitions[p].timers.due_times() == eng1.partitions[p].timers.due_times()
         assert eng2.partitions[p].ranks.values() == eng1.partitions[p].ranks.values()
     tail = [eng2.process(r, store2) for r in records[split:]]
     return head + tail, store2
@@ -303,7 +303,7 @@ def test_partition_clock_schedule_and_pop():
     assert clock.pop_due() is None
     clock.now = 100.0
     assert clock.pop_due() is None  # a@10 and c@7 are stale
-    assert clock.columns.due_times() == {}
+    assert clock.timers.due_times() == {}
 
 
 def test_partitions_have_separate_clocks():

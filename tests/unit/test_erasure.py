@@ -22,13 +22,14 @@ def test_erasure_removes_everything_about_the_customer():
     run(engine, store, "orders", order_doc("a", T0, "A1"), 0)
     run(engine, store, "orders", order_doc("b", T0 + DAY, "B1"), 1)
     before = views.partition_summary(engine)
-    assert engine.partitions[0].columns.due_of("a") is not None and before["customers"] == 2
+    assert engine.partitions[0].timers.due_of("a") is not None and before["customers"] == 2
 
     result = run(engine, store, "erasure-requests", envelope("Erasure Requested", "a", T0 + 2 * DAY, {"request_id": "dsr-1"}, "er-1"), 0)
     assert result.erased is True and result.rejected is None
     assert store.get("a") is None and store.get("b") is not None
     clock = engine.partitions[0]
-    assert "a" not in clock.columns and clock.columns.value_of("b") is not None and len(clock.ranks) == 1
+    assert "a" not in clock.columns and clock.timers.due_of("a") is None and clock.timers.due_of("b") is not None
+    assert store.get("b").value is not None and len(clock.ranks) == 1
     after = views.partition_summary(engine)
     assert after["customers"] == 1 and after["populations"]["lifecycle"] == {"new": 1}
     assert sum(after["churn_risk_histogram"]["counts"]) == 1

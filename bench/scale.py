@@ -1,0 +1,230 @@
+"""Memory per customer at scale: the partition index held in memory vs bounded.
+
+    python -m bench.scale [--customers 300000] [--modes memory-index,bounded]   (make bench-scale)
+
+The worker with ``STORE=rocksdb`` keeps its states on disk; what else grows with customers is
+the partitions' index: due times, the value ranking, the refit rows. This replays the core
+``Engine`` over N customers into a RocksDB state store of the worker's settings (states stored
+as the worker stores them, 4 MiB write buffers, 16 MiB block cache), each mode in a fresh
+process, and samples the process's resident memory (VmRSS) as customers are added:
+
+- ``memory-index``: timers in memory, the exact ranking and a refit row for every customer
+  (what every worker did before: ``VALUE_RANK_EXACT_LIMIT`` and ``REFIT_SAMPLE_PER_PARTITION``
+  set beyond the customers);
+- ``bounded``: timers in RocksDB (``STORE=rocksdb``'s), the ranking's sketch and the refit
+  sample at their defaults.
+
+Each customer's first order comes in event-time order over 60 days, a third of them order
+again 20 days later and a third open an email, so timers are set, fire and move as in a shop.
+It prints, per mode, VmRSS at each tenth of the customers, the least-squares slope over the
+second half (bytes per customer added: the fixed costs and the warm-up left out) and events/s.
+Not the worker (no Kafka, no Faust): the worker's own memory per customer is ``make bench``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 86_400.0
+T0 = 1_767_225_600.0  # 2026-01-01
+
+
+def vm_rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def events(customers: int, partitions: int = 8):
+    """(partition, key, topic role, JSON, whether a new customer) in event-time order."""
+    import heapq
+
+    import orjson
+
+    from streamer.core.outputs import rfc3339
+
+    span = 60 * DAY
+    pending: list[tuple[float, int, str, str]] = []  # later events: (time, customer, role, kind)
+    for i in range(customers):
+        t = T0 + span * i / customers
+        while pending and pending[0][0] <= t:
+            yield _event(*heapq.heappop(pending), partitions, orjson, rfc3339)
+        yield _event(t, i, "orders", "order", partitions, orjson, rfc3339)
+        if i % 3 == 0:
+            heapq.heappush(pending, (t + 20 * DAY, i, "orders", "repeat"))
+        elif i % 3 == 1:
+            heapq.heappush(pending, (t + 2 * DAY, i, "email-events", "open"))
+    while pending:
+        yield _event(*heapq.heappop(pending), partitions, orjson, rfc3339)
+
+
+def _event(t: float, i: int, role: str, kind: str, partitions: int, orjson, rfc3339):
+    customer = f"cust-{i:08d}"
+    if kind == "open":
+        doc = {"type": "Email Opened", "data": {"email_id": f"m-{i}", "campaign_id": "welcome"}}
+    else:
+        total = 20.0 + (i * 7919 % 300)
+        order_id = f"o-{i}-{kind}"
+        doc = {"type": "Order Completed", "data": {
+            "order_id": order_id, "total": total, "currency": "USD", "margin": total * 0.3,
+            "products": [{"product_id": "p-1", "price": total, "quantity": 1, "tier": "basic"}]}}
+    doc.update({"specversion": "1.0", "id": f"e-{i}-{kind}", "source": "/bench/scale", "time": rfc3339(t), "subject": customer,
+                "datacontenttype": "application/json"})
+    return i % partitions, customer.encode(), role, orjson.dumps(doc), kind == "order"
+
+
+class RocksStore:
+    """States in RocksDB as the worker's table holds them (stored bytes), on the worker's
+    buffer and cache sizes; the bench's stand-in for the Faust table."""
+
+    def __init__(self, path: Path) -> None:
+        from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
+
+        from streamer.settings import SETTINGS_DOC
+
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(int(SETTINGS_DOC["ROCKSDB_WRITE_BUFFER_BYTES"][0]))
+        options.set_max_write_buffer_number(2)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(int(SETTINGS_DOC["ROCKSDB_BLOCK_CACHE_BYTES"][0])))
+        options.set_block_based_table_factory(table)
+        self.db = Rdict(str(path), options)
+        unlogged = WriteOptions()
+        unlogged.disable_wal = True
+        self.db.set_write_options(unlogged)
+
+    def get(self, customer: str):
+        from streamer.core.state import CustomerState
+
+        raw = self.db.get(customer.encode())
+        return CustomerState.from_bytes(raw) if raw is not None else None
+
+    def put(self, customer: str, state) -> None:
+        self.db[customer.encode()] = state.to_bytes()
+
+    def delete(self, customer: str, partition: int) -> None:
+        del self.db[customer.encode()]
+
+
+#: RocksDB's own account of its memory, per database (summed over the timers' databases).
+ROCKSDB_MEMORY = ("rocksdb.cur-size-all-mem-tables", "rocksdb.estimate-table-readers-mem", "rocksdb.block-cache-usage")
+
+
+def rocksdb_memory(dbs: list) -> dict[str, int]:
+    return {name.split(".", 1)[1]: sum(db.property_int_value(name) or 0 for db in dbs) for name in ROCKSDB_MEMORY}
+
+
+def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> dict:
+    """In this process: replay into a fresh store, return the samples and figures."""
+    from streamer.core.config import ScoringConfig
+    from streamer.core.engine import Engine, Record
+    from streamer.core.timers import DiskTimers
+
+    if mode == "memory-index":
+        config = ScoringConfig(value_rank_exact_limit=customers + 1, refit_sample_per_partition=customers + 1)
+        engine = Engine(config, wall_clock=lambda: T0 + 400 * DAY)
+    elif mode == "bounded":
+        engine = Engine(ScoringConfig(), wall_clock=lambda: T0 + 400 * DAY, disk_timers=lambda p: DiskTimers(folder / "timers" / f"p{p}"))
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    store = RocksStore(folder / "states")
+    samples: list[tuple[int, int]] = []
+    step = max(customers // 20, 1)
+    seen = 0
+    started = time.perf_counter()
+    processed = 0
+    rejected = 0
+    for offset, (partition, key, role, value, new) in enumerate(events(customers, partitions)):
+        rejected += engine.process(Record(role, role, partition, offset, key, value), store).rejected is not None
+        processed += 1
+        if new:
+            seen += 1
+            if seen % step == 0:
+                samples.append((seen, vm_rss()))
+    seconds = time.perf_counter() - started
+    timer_dbs = [clock.timers._db for clock in engine.partitions.values() if isinstance(clock.timers, DiskTimers)]
+    half = [(n, rss) for n, rss in samples if n >= customers / 2]
+    return {
+        "mode": mode,
+        "customers": customers,
+        "events": processed,
+        "rejected": rejected,
+        "events_per_s": processed / seconds,
+        "samples": samples,
+        "slope_bytes_per_customer": slope(half),
+        "rss_end_bytes": samples[-1][1] if samples else None,
+        "in_engine": engine.customers,
+        "partitions": partitions,
+        "rocksdb_states": rocksdb_memory([store.db]),
+        "rocksdb_timers": rocksdb_memory(timer_dbs) if timer_dbs else None,
+        "refit_rows": sum(clock.columns.refit_rows for clock in engine.partitions.values()),
+        "ranks_exact": all(clock.ranks.exact for clock in engine.partitions.values()),
+    }
+
+
+def slope(points: list[tuple[int, int]]) -> float | None:
+    """Least-squares slope of rss over customers."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--customers", type=int, default=300_000, help="customers replayed (default 300,000)")
+    p.add_argument("--modes", default="memory-index,bounded", help="comma-separated: memory-index, bounded")
+    p.add_argument("--partitions", type=int, default=8, help="partitions the customers are spread over (default 8, the worker's)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        folder = Path(tempfile.mkdtemp(prefix="clv-scale-"))
+        try:
+            print(json.dumps(run_mode(args.child, args.customers, folder, args.partitions)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
+    results = []
+    for mode in args.modes.split(","):
+        # A fresh process per mode: resident memory is the process's own.
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.scale", "--customers", str(args.customers), "--partitions", str(args.partitions), "--child", mode],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True, text=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(result)
+        marks = [s for i, s in enumerate(result["samples"]) if i % 2 == 1]
+        print(f"{mode}: {result['events']:,} events ({result['rejected']} rejected) for {result['customers']:,} customers, {result['events_per_s']:,.0f} events/s")
+        print("  VmRSS by customers: " + ", ".join(f"{n:,}: {rss / 2**20:.0f} MiB" for n, rss in marks))
+        slope_b = result["slope_bytes_per_customer"]
+        print(f"  slope over the second half: {slope_b:,.0f} bytes per customer" if slope_b is not None else "  slope: too few samples")
+        print(f"  refit rows {result['refit_rows']:,}, ranking {'exact' if result['ranks_exact'] else 'sketch'}; RocksDB memory, states: "
+              + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in result["rocksdb_states"].items())
+              + ("; timers: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in result["rocksdb_timers"].items()) if result["rocksdb_timers"] else ""))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
