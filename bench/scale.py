@@ -154,6 +154,7 @@ def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> di
             if seen % step == 0:
                 samples.append((seen, vm_rss()))
     seconds = time.perf_counter() - started
+    restore = measure_restore(store, engine, mode, folder, partitions)
     timer_dbs = [clock.timers._db for clock in engine.partitions.values() if isinstance(clock.timers, DiskTimers)]
     half = [(n, rss) for n, rss in samples if n >= customers / 2]
     return {
@@ -171,7 +172,26 @@ def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> di
         "rocksdb_timers": rocksdb_memory(timer_dbs) if timer_dbs else None,
         "refit_rows": sum(clock.columns.refit_rows for clock in engine.partitions.values()),
         "ranks_exact": all(clock.ranks.exact for clock in engine.partitions.values()),
+        **restore,
     }
+
+
+def measure_restore(store: RocksStore, engine, mode: str, folder: Path, partitions: int) -> dict:
+    """What a worker does when it is assigned the partitions: every state read off the store
+    once, and the partitions' clocks, timers and rankings rebuilt (``Engine.restore_partitions``,
+    as ``rebuild_partitions`` calls it). Timed; readiness grows with it."""
+    from streamer.core.engine import Engine
+    from streamer.core.state import CustomerState
+    from streamer.core.timers import DiskTimers
+
+    disk = (lambda p: DiskTimers(folder / "restored-timers" / f"p{p}")) if mode == "bounded" else None
+    fresh = Engine(engine.config, wall_clock=engine.wall_clock, disk_timers=disk)
+    started = time.perf_counter()
+    restored = fresh.restore_partitions(range(partitions), (CustomerState.from_bytes(raw) for raw in store.db.values()))
+    seconds = time.perf_counter() - started
+    for partition in list(fresh.partitions):
+        fresh.forget_partition(partition)
+    return {"restored": restored, "restore_seconds": seconds, "restore_states_per_s": restored / seconds}
 
 
 def slope(points: list[tuple[int, int]]) -> float | None:
@@ -218,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  VmRSS by customers: " + ", ".join(f"{n:,}: {rss / 2**20:.0f} MiB" for n, rss in marks))
         slope_b = result["slope_bytes_per_customer"]
         print(f"  slope over the second half: {slope_b:,.0f} bytes per customer" if slope_b is not None else "  slope: too few samples")
+        print(f"  restore (a worker assigned these partitions): {result['restored']:,} states in {result['restore_seconds']:.1f}s,"
+              f" {result['restore_states_per_s']:,.0f} states/s")
         print(f"  refit rows {result['refit_rows']:,}, ranking {'exact' if result['ranks_exact'] else 'sketch'}; RocksDB memory, states: "
               + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in result["rocksdb_states"].items())
               + ("; timers: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in result["rocksdb_timers"].items()) if result["rocksdb_timers"] else ""))

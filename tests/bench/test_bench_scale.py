@@ -25,5 +25,6 @@ def test_both_modes_replay_and_report(tmp_path, capsys: pytest.CaptureFixture[st
         assert [n for n, _ in result["samples"]] == list(range(75, 1501, 75))
         assert all(rss > 10 * 2**20 for _, rss in result["samples"])
         assert result["slope_bytes_per_customer"] is not None
+        assert result["restored"] == 1500 and result["restore_seconds"] > 0
     printed = capsys.readouterr().out
     assert "bounded: 2,500 events (0 rejected) for 1,500 customers" in printed
