@@ -199,7 +199,11 @@ class DiskTimers:
         if due > now:
             self._next = due
             return None
-        self.set(customer, None)
+        # Its due time is known from the key: delete both keys without reading the customer's.
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(key)
+        batch.delete(_DUE + key[9:])
+        self._db.write(batch)
         self._next = _UNKNOWN
         return due, customer
 
