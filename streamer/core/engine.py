@@ -196,12 +196,13 @@ class PartitionClock:
 class _Restore:
     """One partition's clock being rebuilt from its states (``Engine.restore_partitions``)."""
 
-    #: Due times are handed to the timers in chunks of this many: bounded memory on restore.
+    #: Due times and CLVs are handed over in chunks of this many: bounded memory on restore
+    #: (all of a partition's CLVs gathered first took 8 bytes a customer, 80 MB at 10M).
     CHUNK = 10_000
 
     def __init__(self, clock: PartitionClock, config: ScoringConfig) -> None:
         self.clock, self.config = clock, config
-        self.values = array("d")  # CLVs, ranked in one go at the end (one sort)
+        self.values = array("d")  # CLVs, ranked a chunk at a time (one sort per chunk)
         self.due_times: list[tuple[str, float]] = []
         self.count = 0
 
@@ -211,6 +212,9 @@ class _Restore:
         clock.now = max(clock.now, state.last_event_at)
         if state.value is not None:
             self.values.append(state.value)
+            if len(self.values) >= self.CHUNK:
+                clock.ranks.extend(self.values)
+                self.values = array("d")
         for family, segment in state.segments.items():
             clock.count_segment(family, None, segment)
         clock.count_risk(None, state.risk)
@@ -219,7 +223,8 @@ class _Restore:
             if len(self.due_times) >= self.CHUNK:
                 clock.timers.load(self.due_times)
                 self.due_times = []
-        if state.orders or state.archive[0]:
+        # Features only for a customer the refit sample may take: past its limit, most are not.
+        if (state.orders or state.archive[0]) and clock.columns.may_take(state.customer):
             f = features_mod.compute(state, clock.now, self.config)
             if f.first_order_at is not None and f.last_order_at is not None:  # always, with orders
                 clock.columns.set_refit(state.customer, f.repeat_transactions, f.first_order_at, f.last_order_at, f.repeat_mean_value)

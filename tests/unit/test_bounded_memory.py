@@ -154,3 +154,44 @@ def test_past_the_limits_the_engine_runs_on_the_sketch_and_the_sample(tmp_path) 
     assert sum(summary["clv_histogram"]["counts"]) == sum(len(clock.ranks) for clock in clocks) > 0
     tiers = {s.segments.get("value_tier") for s in store.data.values()}
     assert {"top", "low"} <= tiers
+
+
+def test_a_restore_past_the_sample_limit_keeps_the_same_sample_and_scores_only_its_customers(tmp_path, monkeypatch) -> None:
+    from streamer.core import engine as engine_mod
+
+    config = ScoringConfig(value_rank_exact_limit=40, refit_sample_per_partition=30, value_tier_min_population=10)
+    live, store = disk_engine(tmp_path / "live", config=config), DictStore()
+    for record in bench_records(600):
+        live.process(record, store)
+    computed: list[str] = []
+    compute = engine_mod.features_mod.compute
+    monkeypatch.setattr(engine_mod.features_mod, "compute", lambda state, *a: computed.append(state.customer) or compute(state, *a))
+    restored = disk_engine(tmp_path / "restored", config=config)
+    assert restored.restore_partitions(live.partitions, store.data.values()) == len(store.data)
+    for partition, clock in live.partitions.items():
+        again = restored.partitions[partition].columns
+        assert sorted(again.refit_customers()) == sorted(clock.columns.refit_customers())
+        assert sorted(zip(*(c.tolist() for c in again.refit_columns()))) == sorted(zip(*(c.tolist() for c in clock.columns.refit_columns())))
+    # Features were computed for the customers the sample took on the way, not for everyone.
+    kept = {c for clock in live.partitions.values() for c in clock.columns.refit_customers()}
+    assert kept <= set(computed) and len(computed) < len(store.data) * 0.7
+
+
+@pytest.mark.parametrize("exact_limit", [None, 40])
+def test_a_restore_ranks_its_values_a_chunk_at_a_time_with_the_same_ranking(tmp_path, monkeypatch, exact_limit) -> None:
+    from streamer.core import engine as engine_mod
+
+    config = ScoringConfig(value_rank_exact_limit=exact_limit or 100_000, value_tier_min_population=10)
+    live, store = disk_engine(tmp_path / "live", config=config), DictStore()
+    for record in bench_records(600):
+        live.process(record, store)
+    whole = disk_engine(tmp_path / "whole", config=config)
+    whole.restore_partitions(live.partitions, store.data.values())
+    monkeypatch.setattr(engine_mod._Restore, "CHUNK", 7)  # a handful of chunks per partition
+    chunked = disk_engine(tmp_path / "chunked", config=config)
+    chunked.restore_partitions(live.partitions, store.data.values())
+    probes = sorted({s.value for s in store.data.values() if s.value is not None})
+    for partition, clock in live.partitions.items():
+        a, b = whole.partitions[partition].ranks, chunked.partitions[partition].ranks
+        assert len(a) == len(b) == len(clock.ranks) > 7 and a.exact == b.exact == (exact_limit is None)
+        assert [a.quantile(v) for v in probes] == [b.quantile(v) for v in probes] == [clock.ranks.quantile(v) for v in probes]
