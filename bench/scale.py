@@ -200,7 +200,6 @@ def template_states(customers: int, partitions: int, config) -> tuple[list[dict]
 
     engine = Engine(config, wall_clock=lambda: T0 + 400 * DAY)
     store = DictStore()
-    end = 0.0
     for offset, (partition, key, role, value, _new) in enumerate(events(customers, partitions)):
         engine.process(Record(role, role, partition, offset, key, value), store)
     end = max(clock.now for clock in engine.partitions.values()) + 1.0
