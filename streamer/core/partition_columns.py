@@ -156,8 +156,7 @@ class PartitionColumns:
             x = self.x
             sample = self._sample = [(-sample_hash(c), c) for c, slot in self._slot.items() if x[slot] == x[slot]]
             heapq.heapify(sample)
-        while sample and not self._has_row(sample[0][1]):
-            heapq.heappop(sample)  # released since it was sampled
+        self._prune(sample)
         h = sample_hash(customer)
         if not sample or h >= -sample[0][0]:
             return False
@@ -174,9 +173,13 @@ class PartitionColumns:
             return True
         if sample is None:
             return True  # the heap is built by the first _admit past the limit
+        self._prune(sample)
+        return not sample or sample_hash(customer) < -sample[0][0]
+
+    def _prune(self, sample: list[tuple[int, str]]) -> None:
+        """Drop from the top of the sample heap the customers released since they were sampled."""
         while sample and not self._has_row(sample[0][1]):
             heapq.heappop(sample)
-        return not sample or sample_hash(customer) < -sample[0][0]
 
     def _has_row(self, customer: str) -> bool:
         slot = self._slot.get(customer)
