@@ -141,19 +141,38 @@ def rocksdb_memory(dbs: list, shared_cache: bool = False) -> dict[str, int]:
     return memory
 
 
-def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> dict:
-    """In this process: replay into a fresh store, return the samples and figures."""
+def mode_setup(mode: str, customers: int, folder: Path):
+    """The scoring config and the disk-timers factory (None: in memory) of a mode."""
     from streamer.core.config import ScoringConfig
-    from streamer.core.engine import Engine, Record
     from streamer.core.timers import DiskTimers
 
     if mode == "memory-index":
-        config = ScoringConfig(value_rank_exact_limit=customers + 1, refit_sample_per_partition=customers + 1)
-        engine = Engine(config, wall_clock=lambda: T0 + 400 * DAY)
-    elif mode == "bounded":
-        engine = Engine(ScoringConfig(), wall_clock=lambda: T0 + 400 * DAY, disk_timers=lambda p: DiskTimers(folder / "timers" / f"p{p}"))
-    else:
-        raise ValueError(f"unknown mode {mode!r}")
+        return ScoringConfig(value_rank_exact_limit=customers + 1, refit_sample_per_partition=customers + 1), None
+    if mode == "bounded":
+        return ScoringConfig(), lambda partition: DiskTimers(folder / "timers" / f"p{partition}")
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def index_figures(engine, store: RocksStore) -> dict:
+    """RocksDB's memory and the partitions' index (refit rows, ranking) after a run."""
+    from streamer.core.timers import DiskTimers
+
+    timer_dbs = [clock.timers._db for clock in engine.partitions.values() if isinstance(clock.timers, DiskTimers)]
+    return {
+        "in_engine": engine.customers,
+        "rocksdb_states": rocksdb_memory([store.db]),
+        "rocksdb_timers": rocksdb_memory(timer_dbs, shared_cache=True) if timer_dbs else None,
+        "refit_rows": sum(clock.columns.refit_rows for clock in engine.partitions.values()),
+        "ranks_exact": all(clock.ranks.exact for clock in engine.partitions.values()),
+    }
+
+
+def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> dict:
+    """In this process: replay into a fresh store, return the samples and figures."""
+    from streamer.core.engine import Engine, Record
+
+    config, disk = mode_setup(mode, customers, folder)
+    engine = Engine(config, wall_clock=lambda: T0 + 400 * DAY, disk_timers=disk)
     store = RocksStore(folder / "states")
     samples: list[tuple[int, int]] = []
     step = max(customers // 20, 1)
@@ -170,7 +189,6 @@ def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> di
                 samples.append((seen, vm_rss()))
     seconds = time.perf_counter() - started
     restore = measure_restore(store, engine, mode, folder, partitions)
-    timer_dbs = [clock.timers._db for clock in engine.partitions.values() if isinstance(clock.timers, DiskTimers)]
     half = [(n, rss) for n, rss in samples if n >= customers / 2]
     return {
         "mode": mode,
@@ -181,12 +199,8 @@ def run_mode(mode: str, customers: int, folder: Path, partitions: int = 8) -> di
         "samples": samples,
         "slope_bytes_per_customer": slope(half),
         "rss_end_bytes": samples[-1][1] if samples else None,
-        "in_engine": engine.customers,
         "partitions": partitions,
-        "rocksdb_states": rocksdb_memory([store.db]),
-        "rocksdb_timers": rocksdb_memory(timer_dbs, shared_cache=True) if timer_dbs else None,
-        "refit_rows": sum(clock.columns.refit_rows for clock in engine.partitions.values()),
-        "ranks_exact": all(clock.ranks.exact for clock in engine.partitions.values()),
+        **index_figures(engine, store),
         **restore,
     }
 
@@ -214,23 +228,11 @@ def run_fill(mode: str, customers: int, folder: Path, partitions: int = 8, live:
 
     import orjson
 
-    from streamer.core.config import ScoringConfig
     from streamer.core.engine import Engine, Record
     from streamer.core.outputs import rfc3339
     from streamer.core.state import CustomerState
-    from streamer.core.timers import DiskTimers
 
-    if mode == "memory-index":
-        config = ScoringConfig(value_rank_exact_limit=customers + 1, refit_sample_per_partition=customers + 1)
-        disk = None
-    elif mode == "bounded":
-        config = ScoringConfig()
-
-        def disk(partition: int) -> DiskTimers:
-            return DiskTimers(folder / "timers" / f"p{partition}")
-
-    else:
-        raise ValueError(f"unknown mode {mode!r}")
+    config, disk = mode_setup(mode, customers, folder)
     docs, end = template_states(templates, partitions, config)
     store = RocksStore(folder / "states")
     step = max(customers // 20, 1)
@@ -274,7 +276,6 @@ def run_fill(mode: str, customers: int, folder: Path, partitions: int = 8, live:
             phases["live"].append((j + 1, vm_rss()))
     live_seconds = time.perf_counter() - started
     half = [(n, rss) for n, rss in phases["restore"] if n >= customers / 2]
-    timer_dbs = [clock.timers._db for clock in engine.partitions.values() if isinstance(clock.timers, DiskTimers)]
     return {
         "mode": mode,
         "fill": "restore",
@@ -293,11 +294,7 @@ def run_fill(mode: str, customers: int, folder: Path, partitions: int = 8, live:
         "live_rejected": rejected,
         "live_timers_fired": fired,
         "live_events_per_s": live / live_seconds,
-        "in_engine": engine.customers,
-        "rocksdb_states": rocksdb_memory([store.db]),
-        "rocksdb_timers": rocksdb_memory(timer_dbs, shared_cache=True) if timer_dbs else None,
-        "refit_rows": sum(clock.columns.refit_rows for clock in engine.partitions.values()),
-        "ranks_exact": all(clock.ranks.exact for clock in engine.partitions.values()),
+        **index_figures(engine, store),
     }
 
 
