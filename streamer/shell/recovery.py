@@ -12,14 +12,15 @@ high watermarks are right, the probe finds nothing and costs one empty fetch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.exceptions import ProducerSendError
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 EMPTY_FETCHES_AT_END = 2
 FETCH_TIMEOUT_MS = 200
 PROBE_DEADLINE_S = 10.0
+#: How long a seek waits for the record being handed to the agents when it began.
+HANDOVER_WAIT_S = 10.0
 
 
 async def read_to_end(consumer: AIOKafkaConsumer, handle: Callable[[TopicPartition, list[Any]], None], deadline_s: float) -> None:
@@ -114,13 +117,57 @@ def never_committed(committed: Mapping[TP, int | None], is_changelog: Callable[[
 
 
 class StreamerConsumer(EndProbingConsumer):
-    """...that also runs the app's ``before_commit`` hooks before it commits offsets, and puts
-    partitions that have no committed offset back at their beginning after a rebalance.
+    """...that also runs the app's ``before_commit`` hooks before it commits offsets, puts
+    partitions that have no committed offset back at their beginning after a rebalance, and
+    hands no record to the agents while it seeks to the committed offsets.
 
     Faust commits the offsets acknowledged so far after flushing its producer. The hooks run
     between choosing those offsets and committing them, so everything they write (the state
     table's write-back, see ``tables.TableStore``) covers at least the records committed.
     """
+
+    _handover_idle: asyncio.Event | None = None
+
+    @property
+    def handover_idle(self) -> asyncio.Event:
+        """Set unless a record fetched by ``getmany`` is being handed to the agents."""
+        if self._handover_idle is None:
+            self._handover_idle = asyncio.Event()
+            self._handover_idle.set()
+        return self._handover_idle
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        # Faust's fetch loop hands a record over while this generator waits at its yield, and
+        # records the record's offset as read after the handover: so "not at the yield" means
+        # that record's read offset is written.
+        idle = self.handover_idle
+        async for tp, message in super().getmany(timeout):
+            idle.clear()
+            try:
+                yield tp, message
+            finally:
+                idle.set()
+
+    async def perform_seek(self) -> None:
+        """Seek the inputs to their committed offsets with the flow stopped; the caller (table
+        recovery, after every rebalance) resumes it.
+
+        Faust's recovery seeks, then resumes flow control, which empties the agents' input
+        queues, then resumes the flow. Its fetch loop, left running since the changelogs were
+        read, handed records over in between: a record fetched right after the seek went into
+        an agent's queue, was emptied out by the resume, and its offset was recorded as read,
+        so the fetch loop dropped it when it came again (seen under load: the first order after
+        the committed offset of a restarted worker's partition, never scored). With the flow
+        stopped, the fetch loop fetches nothing and breaks off its batch, so the queues hold
+        only records from before the seek, which it reads again. It also waits for the record
+        being handed over to finish, whose read offset would otherwise overwrite the committed
+        one."""
+        self.stop_flow()
+        try:
+            await asyncio.wait_for(self.handover_idle.wait(), HANDOVER_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("seeking to committed offsets while a record is still being handed over (waited %.0f s)", HANDOVER_WAIT_S)
+        await super().perform_seek()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust drops the records a fetch returns for a partition it paused meanwhile (table
