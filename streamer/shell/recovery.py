@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 EMPTY_FETCHES_AT_END = 2
 FETCH_TIMEOUT_MS = 200
 PROBE_DEADLINE_S = 10.0
-#: How long a seek waits for the record being handed to the agents when it began.
-HANDOVER_WAIT_S = 10.0
+#: How long a seek waits for the fetch loop to let go of the record it was handing to the
+#: agents (that can include an offset commit); well under recovery's request timeout (90 s).
+HANDOVER_WAIT_S = 30.0
 
 
 async def read_to_end(consumer: AIOKafkaConsumer, handle: Callable[[TopicPartition, list[Any]], None], deadline_s: float) -> None:
@@ -158,16 +159,27 @@ class StreamerConsumer(EndProbingConsumer):
         an agent's queue, was emptied out by the resume, and its offset was recorded as read,
         so the fetch loop dropped it when it came again (seen under load: the first order after
         the committed offset of a restarted worker's partition, never scored). With the flow
-        stopped, the fetch loop fetches nothing and breaks off its batch, so the queues hold
-        only records from before the seek, which it reads again. It also waits for the record
-        being handed over to finish, whose read offset would otherwise overwrite the committed
-        one."""
+        stopped the fetch loop takes nothing more from the client and breaks off its batch (a
+        fetch already under way comes back to a stopped flow: Faust discards it and seeks
+        again), so the queues hold only records from before the seek, which come again.
+        Stopping the flow also cancels the handover under way; the seek waits until the fetch
+        loop has let go of that record, whose read offset would otherwise overwrite the
+        committed one.
+
+        If the seek fails, the flow is left as it was, as Faust's own seek leaves it; if it is
+        cancelled (another rebalance began), the next recovery resumes it."""
+        was_active = self.flow_active
         self.stop_flow()
         try:
-            await asyncio.wait_for(self.handover_idle.wait(), HANDOVER_WAIT_S)
-        except asyncio.TimeoutError:
-            log.warning("seeking to committed offsets while a record is still being handed over (waited %.0f s)", HANDOVER_WAIT_S)
-        await super().perform_seek()
+            try:
+                await asyncio.wait_for(self.handover_idle.wait(), HANDOVER_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("seeking to committed offsets while a record is still being handed over (waited %.0f s)", HANDOVER_WAIT_S)
+            await super().perform_seek()
+        except Exception:
+            if was_active:
+                self.resume_flow()
+            raise
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust drops the records a fetch returns for a partition it paused meanwhile (table

@@ -42,12 +42,17 @@ class PartitionLog:
         self.consumer = consumer
         self.fetched: list[ConsumerRecord] = []
         self.seeks = 0
+        self.hold: asyncio.Event | None = None  # when set up, a fetch that took records waits for it
+        self.in_flight = asyncio.Event()
+        self.seek_error: Exception | None = None
 
     def arrive(self, first: int) -> None:
         self.fetched = [record(offset) for offset in range(first, END)]
 
     async def seek_to_committed(self) -> dict[TP, int]:
         self.seeks += 1
+        if self.seek_error is not None:
+            raise self.seek_error
         self.arrive(COMMITTED)
         return {TP0: COMMITTED}
 
@@ -58,6 +63,9 @@ class PartitionLog:
         # aiokafka's fetch returns nothing while the flow is stopped (Faust's _fetch_records)
         if self.consumer.flow_active and self.fetched and (not active_partitions or TP0 in active_partitions):
             batch, self.fetched = self.fetched, []
+            if self.hold is not None:
+                self.in_flight.set()
+                await self.hold.wait()
             return {TP0: batch}
         await asyncio.sleep(0.005)
         return {}
@@ -183,3 +191,28 @@ async def test_the_flow_stays_stopped_from_the_seek_until_recovery_resumes_it(ha
     harness.start_agent()
     await harness.processed_through(END - 1)
     assert harness.processed == list(range(COMMITTED, END))
+
+
+async def test_a_fetch_under_way_when_the_flow_stops_is_fetched_again_after_the_seek(harness: Harness) -> None:
+    hold = harness.log.hold = asyncio.Event()
+    harness.log.arrive(COMMITTED + 2)  # fetched before the rebalance: 8 and 9
+    harness.start_fetch_loop()
+    await asyncio.wait_for(harness.log.in_flight.wait(), 5)
+    harness.log.hold = None  # later fetches answer at once
+    tail = asyncio.create_task(harness.recovery_tail())
+    while harness.consumer.flow_active:
+        await asyncio.sleep(0)
+    hold.set()  # the fetch comes back (8, 9) to a stopped flow: Faust discards it and seeks again
+    await tail
+    harness.start_agent()
+    await harness.processed_through(END - 1)
+    assert harness.processed == list(range(COMMITTED, END))
+    assert harness.log.seeks == 2
+
+
+async def test_a_failed_seek_leaves_the_flow_running_as_it_found_it(harness: Harness) -> None:
+    harness.start_fetch_loop()
+    harness.log.seek_error = RuntimeError("broker gone")
+    with pytest.raises(RuntimeError):
+        await harness.consumer.perform_seek()
+    assert harness.consumer.flow_active
