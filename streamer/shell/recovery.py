@@ -164,7 +164,8 @@ class StreamerConsumer(EndProbingConsumer):
         again), so the queues hold only records from before the seek, which come again.
         Stopping the flow also cancels the handover under way; the seek waits until the fetch
         loop has let go of that record, whose read offset would otherwise overwrite the
-        committed one.
+        committed one. Standby changelog partitions go back to the last record their table
+        took (``_seek_standbys_back``).
 
         If the seek fails, the flow is left as it was, as Faust's own seek leaves it; if it is
         cancelled (another rebalance began), the next recovery resumes it."""
@@ -176,10 +177,25 @@ class StreamerConsumer(EndProbingConsumer):
             except asyncio.TimeoutError:
                 log.warning("seeking to committed offsets while a record is still being handed over (waited %.0f s)", HANDOVER_WAIT_S)
             await super().perform_seek()
+            await self._seek_standbys_back()
         except Exception:
             if was_active:
                 self.resume_flow()
             raise
+
+    async def _seek_standbys_back(self) -> None:
+        """Stopping the flow breaks off the batch being handed over, standby changelog records
+        included, after the client has moved past them; inputs go back to their committed
+        offsets, standby partitions go back here to the last record their table took (where
+        recovery starts them; the table skips what it has seen), so those records come again.
+        """
+        recovery = self.app.tables.recovery
+        assigned = self.assignment()
+        # None: a rebalance has just added the partition; its recovery will seek it.
+        taken = {tp: recovery.standby_offsets.get(tp) for tp in recovery.standby_tps if tp in assigned}
+        offsets = {tp: max(offset, 0) for tp, offset in taken.items() if offset is not None}
+        if offsets:
+            await self.seek_wait(offsets)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust drops the records a fetch returns for a partition it paused meanwhile (table

@@ -13,6 +13,7 @@ offset, never scored.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,15 +29,19 @@ TOPIC = "orders"
 TP0 = TP(TOPIC, 0)
 COMMITTED = 6
 END = 10  # records 6..9 are after the committed offset
+CHANGELOG = "app-customer-state-changelog"
+STANDBY = TP(CHANGELOG, 0)  # a changelog partition this worker keeps a standby copy of
+STANDBY_END = 6
 
 
-def record(offset: int) -> ConsumerRecord:
-    return ConsumerRecord(TOPIC, 0, offset, 0, 0, b"k", b"v%d" % offset, None, 1, 2, ())
+def record(offset: int, tp: TP = TP0) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, b"k", b"v%d" % offset, None, 1, 2, ())
 
 
 class PartitionLog:
-    """The broker client's side of one input partition: a seek discards the fetched records
-    and makes the next fetch start again at the committed offset."""
+    """The broker client's side of one input partition (and a standby changelog partition): a
+    seek discards the fetched records and makes the next fetch start again at the committed
+    offset (at the offset sought, for the standby)."""
 
     def __init__(self, consumer: recovery.StreamerConsumer) -> None:
         self.consumer = consumer
@@ -45,9 +50,22 @@ class PartitionLog:
         self.hold: asyncio.Event | None = None  # when set up, a fetch that took records waits for it
         self.in_flight = asyncio.Event()
         self.seek_error: Exception | None = None
+        self.standby: list[ConsumerRecord] = []
+        self.standby_seeks: list[dict[TP, int]] = []
 
     def arrive(self, first: int) -> None:
         self.fetched = [record(offset) for offset in range(first, END)]
+
+    def arrive_standby(self, first: int) -> None:
+        self.standby = [record(offset, STANDBY) for offset in range(first, STANDBY_END)]
+
+    def assignment(self) -> set[TP]:
+        return {TP0, STANDBY}
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.standby_seeks.append(dict(partitions))
+        self.arrive_standby(partitions[STANDBY])
+        self.consumer._read_offset[STANDBY] = partitions[STANDBY]  # as Faust's _seek_wait does
 
     async def seek_to_committed(self) -> dict[TP, int]:
         self.seeks += 1
@@ -61,12 +79,17 @@ class PartitionLog:
 
     async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> dict[TP, list[ConsumerRecord]]:
         # aiokafka's fetch returns nothing while the flow is stopped (Faust's _fetch_records)
-        if self.consumer.flow_active and self.fetched and (not active_partitions or TP0 in active_partitions):
-            batch, self.fetched = self.fetched, []
+        batch: dict[TP, list[ConsumerRecord]] = {}
+        if self.consumer.flow_active:
+            if self.fetched and (not active_partitions or TP0 in active_partitions):
+                batch[TP0], self.fetched = self.fetched, []
+            if self.standby and (not active_partitions or STANDBY in active_partitions):
+                batch[STANDBY], self.standby = self.standby, []
+        if batch:
             if self.hold is not None:
                 self.in_flight.set()
                 await self.hold.wait()
-            return {TP0: batch}
+            return batch
         await asyncio.sleep(0.005)
         return {}
 
@@ -84,7 +107,7 @@ class Harness:
         self.consumer._thread = self.log  # the seek's client calls
         self.consumer._getmany = self.log.getmany  # the fetch
         self.consumer.app = SimpleNamespace(
-            tables=SimpleNamespace(changelog_topics=set()),
+            tables=SimpleNamespace(changelog_topics={CHANGELOG}, recovery=SimpleNamespace(standby_tps=set(), standby_offsets=Counter())),
             topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
             monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
             consumer_generation_id=1,
@@ -92,6 +115,7 @@ class Harness:
         )
         self.queue: FlowControlQueue = FlowControlQueue(flow_control=self.app.flow_control, clear_on_resume=True)
         self.processed: list[int] = []
+        self.standby_taken: list[int] = []
         self.gate: asyncio.Event | None = None  # when set up, deliveries wait for it
         self.delivering = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
@@ -107,11 +131,11 @@ class Harness:
     async def agent(self) -> None:
         while True:
             message = await self.queue.get()
-            self.processed.append(message.offset)
+            (self.standby_taken if message.topic == CHANGELOG else self.processed).append(message.offset)
 
-    def start_fetch_loop(self) -> None:
+    def start_fetch_loop(self, partitions: frozenset[TP] = frozenset({TP0})) -> None:
         # Recovery has read the changelogs: the inputs are active and the flow is running.
-        self.consumer._set_active_tps({TP0})
+        self.consumer._set_active_tps(set(partitions))
         self.consumer.resume_flow()
         self.app.flow_control.resume()
         self.tasks.append(asyncio.create_task(self.consumer._drain_messages(self.fetcher)))
@@ -216,3 +240,34 @@ async def test_a_failed_seek_leaves_the_flow_running_as_it_found_it(harness: Har
     with pytest.raises(RuntimeError):
         await harness.consumer.perform_seek()
     assert harness.consumer.flow_active
+
+
+async def test_standby_records_broken_off_by_the_seek_come_again(harness: Harness) -> None:
+    recovery_state = harness.consumer.app.tables.recovery
+    recovery_state.standby_tps.add(STANDBY)
+    recovery_state.standby_offsets[STANDBY] = 2  # the standby table has taken 0..2
+    harness.gate = asyncio.Event()
+    harness.log.arrive_standby(3)  # 3, 4, 5 fetched for the standby
+    harness.start_fetch_loop(frozenset({TP0, STANDBY}))
+    await asyncio.wait_for(harness.delivering.wait(), 5)  # 3 is being handed over
+    await harness.recovery_tail()  # stopping the flow cancels 3 and breaks off 4 and 5
+    harness.gate.set()
+    harness.start_agent()
+    await harness.processed_through(END - 1)
+    for _ in range(100):
+        if STANDBY_END - 1 in harness.standby_taken:
+            break
+        await asyncio.sleep(0.01)
+    # Faust's table manager skips what it has seen (2 again); 3, 4 and 5 reach it.
+    assert {3, 4, 5} <= set(harness.standby_taken)
+    assert harness.log.standby_seeks == [{STANDBY: 2}]
+    assert harness.processed == list(range(COMMITTED, END))
+
+
+async def test_a_standby_partition_a_rebalance_has_just_added_is_left_to_its_recovery(harness: Harness) -> None:
+    recovery_state = harness.consumer.app.tables.recovery
+    recovery_state.standby_tps.add(STANDBY)
+    recovery_state.standby_offsets[STANDBY] = None  # Faust's value until recovery builds it
+    harness.start_fetch_loop()
+    await harness.consumer.perform_seek()
+    assert harness.log.standby_seeks == [] and harness.log.seeks == 1
