@@ -152,9 +152,13 @@ class Harness:
         self.app.flow_control.resume()
         self.consumer.resume_flow()
 
-    async def processed_through(self, last: int, timeout_s: float = 5.0) -> None:
+    async def processed_through(self, last: int, taken: list[int] | None = None, timeout_s: float = 5.0) -> None:
+        """Wait (at most ``timeout_s``) until offset ``last`` is in ``taken`` (the inputs the
+        agent processed, unless given)."""
+        offsets = self.processed if taken is None else taken
+
         async def wait() -> None:
-            while last not in self.processed:
+            while last not in offsets:
                 await asyncio.sleep(0.01)
 
         try:
@@ -254,10 +258,7 @@ async def test_standby_records_broken_off_by_the_seek_come_again(harness: Harnes
     harness.gate.set()
     harness.start_agent()
     await harness.processed_through(END - 1)
-    for _ in range(100):
-        if STANDBY_END - 1 in harness.standby_taken:
-            break
-        await asyncio.sleep(0.01)
+    await harness.processed_through(STANDBY_END - 1, harness.standby_taken)
     # Faust's table manager skips what it has seen (2 again); 3, 4 and 5 reach it.
     assert {3, 4, 5} <= set(harness.standby_taken)
     assert harness.log.standby_seeks == [{STANDBY: 2}]
