@@ -96,10 +96,13 @@ class StreamerConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def verify_event_path(self, now: float, tp: TP) -> None:
         # Faust's livelock check (every 2.5 commit intervals, outside rebalances) reads the
         # position of each assigned partition that has been fetched, and aiokafka asserts a
-        # position is there. A partition waiting for an offset reset (seek_to_beginning after
-        # a rebalance, an out-of-range fetch) has none until the reset's answer comes back, so
-        # a check landing then crashed the consumer and the worker with it (seen once in CI,
-        # 10 ms after "Worker ready"). Nothing is late on such a partition: skip it this time.
+        # position is there. A partition waiting for an offset reset has none until the reset's
+        # answer comes back: one never committed, put back at its beginning by a seek to the
+        # committed offsets (``seek_to_committed``), which the fetch loop also runs on its own
+        # when a fetch comes back to a stopped flow, so it can still be under way after
+        # recovery's seek and "Worker ready". A check landing then crashed the consumer and
+        # the worker with it (seen once in CI, 10 ms after "Worker ready"). Nothing is late on
+        # such a partition: skip it this round.
         state = self._fetch_state(tp)
         if state is not None and not state.has_valid_position:
             log.info("livelock check skipped for %s: no position while its offset is being reset", tp)

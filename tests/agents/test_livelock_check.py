@@ -2,8 +2,9 @@
 
 Every 2.5 commit intervals outside a rebalance, Faust reads the position of each assigned
 partition that has been fetched, and aiokafka asserts a position is there. A partition whose
-position is being reset (``seek_to_beginning`` after a rebalance, an out-of-range fetch) has
-none until the broker answers. Seen once in CI: the check landed 10 ms after "Worker ready", the
+position is being reset (a never-committed one put back at its beginning by the seek to the
+committed offsets, which Faust's fetch loop also runs on its own after recovery's) has none
+until the broker answers. Seen once in CI: the check landed 10 ms after "Worker ready", the
 consumer crashed on ``AssertionError`` and took the worker down. These tests run the check on
 aiokafka's own partition states.
 """
