@@ -46,6 +46,20 @@ def consumer_thread() -> tuple[recovery.StreamerConsumerThread, SubscriptionStat
     return thread, subscriptions
 
 
+@pytest.fixture
+def handed_to_faust(monkeypatch: pytest.MonkeyPatch) -> list[TP]:
+    """The partitions our check hands to Faust's, which still runs on them."""
+    handed: list[TP] = []
+    faust_check = aiokafka_driver.AIOKafkaConsumerThread.verify_event_path
+
+    def spy(self: object, now: float, tp: TP) -> None:
+        handed.append(tp)
+        return faust_check(self, now, tp)
+
+    monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "verify_event_path", spy)
+    return handed
+
+
 async def test_faust_check_asserts_on_a_partition_waiting_for_its_reset() -> None:
     # The crash as it happens with Faust's check alone.
     thread, _ = consumer_thread()
@@ -53,50 +67,32 @@ async def test_faust_check_asserts_on_a_partition_waiting_for_its_reset() -> Non
         aiokafka_driver.AIOKafkaConsumerThread.verify_event_path(thread, time.monotonic(), RESETTING)
 
 
-async def test_partition_waiting_for_its_reset_is_skipped_and_the_others_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[TP] = []
-    faust_check = aiokafka_driver.AIOKafkaConsumerThread.verify_event_path
-
-    def spy(self: object, now: float, tp: TP) -> None:
-        checked.append(tp)
-        return faust_check(self, now, tp)
-
-    monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "verify_event_path", spy)
+async def test_partition_waiting_for_its_reset_is_skipped_and_the_others_checked(handed_to_faust: list[TP]) -> None:
     thread, _ = consumer_thread()
     now = time.monotonic()
     thread.verify_event_path(now, RESETTING)  # no AssertionError
     thread.verify_event_path(now, FETCHED)
-    assert checked == [FETCHED]
+    assert handed_to_faust == [FETCHED]
 
 
-async def test_partition_is_checked_again_once_its_reset_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[TP] = []
-    monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "verify_event_path", lambda self, now, tp: checked.append(tp))
+async def test_partition_is_checked_again_once_its_reset_is_done(handed_to_faust: list[TP]) -> None:
     thread, subscriptions = consumer_thread()
     subscriptions.subscription.assignment.state_value(TopicPartition(RESETTING.topic, RESETTING.partition)).reset_to(0)
     thread.verify_event_path(time.monotonic(), RESETTING)
-    assert checked == [RESETTING]
+    assert handed_to_faust == [RESETTING]
 
 
-async def test_partition_never_fetched_is_left_to_faust(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_partition_never_fetched_is_left_to_faust(handed_to_faust: list[TP]) -> None:
     # Faust's check returns before the position for a partition no fetch has answered yet
     # (and logs if none went out for too long): nothing to skip there.
-    checked: list[TP] = []
-    faust_check = aiokafka_driver.AIOKafkaConsumerThread.verify_event_path
-
-    def spy(self: object, now: float, tp: TP) -> None:
-        checked.append(tp)
-        return faust_check(self, now, tp)
-
-    monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "verify_event_path", spy)
     thread, subscriptions = consumer_thread()
     subscriptions.subscription.assignment.state_value(TopicPartition(RESETTING.topic, RESETTING.partition)).timestamp = None
     thread.verify_event_path(time.monotonic(), RESETTING)  # Faust's own check, no AssertionError
-    assert checked == [RESETTING]
+    assert handed_to_faust == [RESETTING]
 
 
 async def test_without_a_client_or_an_assignment_faust_check_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[TP] = []
+    checked: list[TP] = []  # recorded only: Faust's own check needs a client and a subscription
     monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "verify_event_path", lambda self, now, tp: checked.append(tp))
     thread, _ = consumer_thread()
     thread._consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SubscriptionState()))  # nothing subscribed yet
