@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -26,18 +27,22 @@ from streamer.shell import recovery
 FETCHED, RESETTING = TP("orders", 0), TP("orders", 1)
 
 
+def partition_state(subscriptions: SubscriptionState, tp: TP) -> Any:
+    """aiokafka's state of ``tp`` in the subscription's assignment."""
+    return subscriptions.subscription.assignment.state_value(TopicPartition(tp.topic, tp.partition))
+
+
 def consumer_thread() -> tuple[recovery.StreamerConsumerThread, SubscriptionState]:
     """Our consumer thread, not started, over a real aiokafka subscription of two partitions
     that have both been fetched; RESETTING then waits for a reset to the earliest offset."""
     subscriptions = SubscriptionState()
     subscriptions.assign_from_user({TopicPartition(tp.topic, tp.partition) for tp in (FETCHED, RESETTING)})
-    assignment = subscriptions.subscription.assignment
     for tp in (FETCHED, RESETTING):
-        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        state = partition_state(subscriptions, tp)
         state.seek(5)
         state.highwater = 10
         state.timestamp = time.time() * 1000  # a fetch answered just now
-    assignment.state_value(TopicPartition(RESETTING.topic, RESETTING.partition)).await_reset(OffsetResetStrategy.EARLIEST)
+    partition_state(subscriptions, RESETTING).await_reset(OffsetResetStrategy.EARLIEST)
     thread = recovery.StreamerConsumerThread.__new__(recovery.StreamerConsumerThread)
     thread._consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=subscriptions))
     thread.consumer = SimpleNamespace(app=SimpleNamespace(monitor=SimpleNamespace(stream_inbound_time={}), topics=SimpleNamespace(acks_enabled_for=lambda topic: True)))
@@ -77,7 +82,7 @@ async def test_partition_waiting_for_its_reset_is_skipped_and_the_others_checked
 
 async def test_partition_is_checked_again_once_its_reset_is_done(handed_to_faust: list[TP]) -> None:
     thread, subscriptions = consumer_thread()
-    subscriptions.subscription.assignment.state_value(TopicPartition(RESETTING.topic, RESETTING.partition)).reset_to(0)
+    partition_state(subscriptions, RESETTING).reset_to(0)
     thread.verify_event_path(time.monotonic(), RESETTING)
     assert handed_to_faust == [RESETTING]
 
@@ -86,7 +91,7 @@ async def test_partition_never_fetched_is_left_to_faust(handed_to_faust: list[TP
     # Faust's check returns before the position for a partition no fetch has answered yet
     # (and logs if none went out for too long): nothing to skip there.
     thread, subscriptions = consumer_thread()
-    subscriptions.subscription.assignment.state_value(TopicPartition(RESETTING.topic, RESETTING.partition)).timestamp = None
+    partition_state(subscriptions, RESETTING).timestamp = None
     thread.verify_event_path(time.monotonic(), RESETTING)  # Faust's own check, no AssertionError
     assert handed_to_faust == [RESETTING]
 
