@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
 from streamer.settings import SETTINGS_DOC
 from streamer.shell.app import app, settings
 
@@ -38,3 +42,40 @@ def test_rocksdb_databases_get_bounded_write_buffers_and_cache(tmp_path, monkeyp
     monkeypatch.delenv("ROCKSDB_BLOCK_CACHE_BYTES")
     defaults = load()
     assert (defaults.rocksdb_write_buffer_bytes, defaults.rocksdb_block_cache_bytes) == (4 * 1024 * 1024, 16 * 1024 * 1024)
+
+
+async def test_the_table_manager_starts_its_tables_without_faust_s_one_second_sleep(monkeypatch) -> None:
+    # Faust's manager sleeps 1 s before it registers the changelogs and starts recovery; every
+    # table here exists once the modules are imported, so that second only delayed readiness.
+    from unittest.mock import AsyncMock
+
+    from faust.tables import TableManager
+
+    from streamer.shell.app import StartNowTableManager
+
+    manager = app.tables
+    assert type(manager) is StartNowTableManager
+    calls: list[str] = []
+    monkeypatch.setattr(manager, "sleep", AsyncMock(side_effect=lambda seconds: calls.append(f"sleep {seconds}")))
+    monkeypatch.setattr(manager, "_update_channels", AsyncMock(side_effect=lambda: calls.append("channels")))
+    recovery = SimpleNamespace(start=AsyncMock(side_effect=lambda: calls.append("recovery")))
+    monkeypatch.setattr(type(manager), "recovery", recovery)
+
+    await manager.on_start()
+    assert calls == ["channels", "recovery"]
+
+    calls.clear()
+    await TableManager.on_start(manager)  # Faust's own, for comparison
+    assert calls == ["sleep 1.0", "channels", "recovery"]
+
+
+def test_a_table_added_after_the_tables_are_registered_is_refused() -> None:
+    # What makes skipping that sleep safe: a table defined too late fails loudly rather than
+    # going unrecovered.
+    from faust import Table
+    from faust.tables import TableManager
+
+    manager = TableManager(app)  # a fresh one: the app's own keeps its tables
+    manager._tables_finalized.set()  # what registering the changelogs (_update_channels) does first
+    with pytest.raises(RuntimeError, match="Too late to add tables"):
+        manager.add(Table(app, name="late-table", partitions=1))  # app.Table would add it to the app's
