@@ -12,6 +12,7 @@ the configured CA, presents its certificate, and authenticates — or the worker
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -59,9 +60,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def server_tls(pki: dict[str, Path], client_certificate: bool) -> "ssl.SSLContext":
-    import ssl
-
+def server_tls(pki: dict[str, Path], client_certificate: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki["server"], pki["server-key"])
     if client_certificate:
@@ -83,7 +82,7 @@ def secured(tmp_path: Path) -> Iterator[dict[str, object]]:
         broker.stop()
 
 
-def secure_broker(secured: dict, tmp_path: Path, tls: "ssl.SSLContext | None", users: dict[str, str]) -> SecureProxy:
+def secure_broker(secured: dict, tmp_path: Path, tls: ssl.SSLContext | None, users: dict[str, str]) -> SecureProxy:
     proxy_port = free_port()
     broker = EmbeddedBroker(log_path=tmp_path / "tansu.log", advertised=f"127.0.0.1:{proxy_port}").start()
     secured["brokers"].append(broker)

@@ -10,7 +10,6 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import orjson
-import pytest
 from corekit import DAY, T0, email_doc, envelope, order_doc, parse, raw
 
 from streamer import contracts

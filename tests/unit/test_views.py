@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from streamer.core import views
 from streamer.core.engine import DictStore, Engine, Record, Result, Transition, risk_bucket
 from streamer.core.triggers import Outcome
-from streamer.simulator import TOPIC_OF_TYPE, ShopSimulator
+from streamer.simulator import ShopSimulator
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
