@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from unittest.mock import AsyncMock
 
 import pytest
+from faust import Table
+from faust.tables import TableManager
 
 from streamer.settings import SETTINGS_DOC
-from streamer.shell.app import app, settings
+from streamer.shell.app import StartNowTableManager, app, settings
 
 
 def test_the_app_takes_the_sizes_from_the_settings() -> None:
@@ -47,12 +50,6 @@ def test_rocksdb_databases_get_bounded_write_buffers_and_cache(tmp_path, monkeyp
 async def test_the_table_manager_starts_its_tables_without_faust_s_one_second_sleep(monkeypatch) -> None:
     # Faust's manager sleeps 1 s before it registers the changelogs and starts recovery; every
     # table here exists once the modules are imported, so that second only delayed readiness.
-    from unittest.mock import AsyncMock
-
-    from faust.tables import TableManager
-
-    from streamer.shell.app import StartNowTableManager
-
     manager = app.tables
     assert type(manager) is StartNowTableManager
     calls: list[str] = []
@@ -72,9 +69,6 @@ async def test_the_table_manager_starts_its_tables_without_faust_s_one_second_sl
 def test_a_table_added_after_the_tables_are_registered_is_refused() -> None:
     # What makes skipping that sleep safe: a table defined too late fails loudly rather than
     # going unrecovered.
-    from faust import Table
-    from faust.tables import TableManager
-
     manager = TableManager(app)  # a fresh one: the app's own keeps its tables
     manager._tables_finalized.set()  # what registering the changelogs (_update_channels) does first
     with pytest.raises(RuntimeError, match="Too late to add tables"):
