@@ -34,7 +34,8 @@ test-integration: $(STAMP) system-tools
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 
-# Benchmark (bench/README.md): worker vs a raw aiokafka ceiling, latency, memory, readiness, refit.
+# Benchmark (bench/README.md): worker vs a raw aiokafka ceiling and Quix Streams, latency, memory,
+# readiness, refit.
 # Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--customers 50000 --repeat 2".
 .PHONY: bench
 bench: $(STAMP)

@@ -13,6 +13,13 @@ METRICS: dict[str, tuple[str, str, float | None, str, tuple[str, ...]]] = {
     "ceiling_events_per_s": ("ceiling (aiokafka loop)", "events/s", None, "", ("ceiling", "events_per_s")),
     "worker_events_per_s": ("worker throughput", "events/s", None, "", ("worker", "throughput", "events_per_s")),
     "ratio": ("worker / ceiling", "x", 0.3, "min", ("ratio",)),
+    # Quix Streams (bench.quix) on the same input topics, its state in its own changelogged
+    # store: the ceiling's work, and the worker's (the full scorer).
+    "quix_events_per_s": ("Quix Streams, ceiling's work", "events/s", None, "", ("quix", "ceiling", "events_per_s")),
+    "quix_ratio": ("  / ceiling", "x", None, "", ("quix", "ceiling", "ratio")),
+    "quix_engine_events_per_s": ("Quix Streams + our scorer", "events/s", None, "", ("quix", "engine", "events_per_s")),
+    "quix_engine_ratio": ("  / ceiling", "x", None, "", ("quix", "engine", "ratio")),
+    "worker_vs_quix_engine": ("worker / (Quix + our scorer)", "x", None, "", ("quix", "engine", "worker_ratio")),
     # Event published -> its score published: the input record's timestamp (set by the bench's
     # producer when it sends) to the score record's (set by the worker's producer).
     "latency_p50_ms": ("latency p50 @ half load", "ms", None, "", ("worker", "latency", "record_ts_p50_ms")),

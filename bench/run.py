@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import platform
 import subprocess
@@ -20,6 +21,7 @@ from bench import measure
 from bench.ceiling import run_ceiling
 from bench.load import Workload, generate
 from bench.progress import say
+from bench.quix import run_quix
 from bench.refit import measure_refit
 from bench.report import summarise, table, write_json
 from bench.scores import ScoreWatcher
@@ -52,8 +54,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=worker_setting,
         help="a worker setting (README, Configuration) other than its default; repeatable",
     )
+    p.add_argument(
+        "--quix",
+        choices=QUIX_CHOICES,
+        default="all",
+        help="Quix Streams phases after the ceiling: its ceiling's work and the full scorer (all, the default), "
+        "the ceiling's work only, or none",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="JSON and logs go here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quix != "none" and importlib.util.find_spec("quixstreams") is None:
+        p.error("--quix needs Quix Streams, the bench extra: pip install -e '.[bench]' (make bench installs it), or --quix none")
+    return args
+
+
+#: --quix: which Quix Streams works run (bench.quix), in order.
+QUIX_CHOICES = {"all": ("ceiling", "engine"), "ceiling": ("ceiling",), "none": ()}
 
 
 def worker_setting(text: str) -> tuple[str, str]:
@@ -130,6 +146,12 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
         say(f"ceiling: {ceiling['events']:,} events in {ceiling['seconds']:.1f}s: {ceiling['events_per_s']:,.0f} events/s")
         result["ceiling"] = ceiling
         result["ratio"] = round(thr["events_per_s"] / ceiling["events_per_s"], 4) if ceiling["events_per_s"] else None
+        for work in QUIX_CHOICES[args.quix]:
+            result.setdefault("quix", {})[work] = quix = await run_quix_phase(broker.bootstrap, roles, run_id, work, offered, args, logdir / f"run{index + 1}-quix-{work}.log")
+            quix["ratio"] = round(quix["events_per_s"] / ceiling["events_per_s"], 4) if ceiling["events_per_s"] else None
+            if work == "engine":
+                # The worker's work, each in its own framework.
+                quix["worker_ratio"] = round(thr["events_per_s"] / quix["events_per_s"], 4) if quix["events_per_s"] else None
     finally:
         if worker is not None:
             worker.stop()
@@ -139,6 +161,19 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
     result["refit"] = measure_refit(args.refit_customers)
     say(f"refit: {result['refit']['seconds']:.2f}s")
     return result
+
+
+async def run_quix_phase(
+    bootstrap: str, roles: dict[str, str], run_id: str, work: str, expected: int, args: argparse.Namespace, log_path: Path
+) -> dict[str, Any]:
+    """Quix Streams doing ``work`` (bench.quix) over the same input topics as the ceiling."""
+    out = f"bench-{run_id}-quix-{work}-out"
+    if work == "ceiling":
+        await create_topic(bootstrap, out, PARTITIONS)
+    say(f"Quix Streams ({work} work) on the same input topics")
+    quix = await run_quix(bootstrap, roles, out, expected, work, args.quiet_timeout, log_path)
+    say(f"Quix Streams ({work} work): {quix['events']:,} events in {quix['seconds']:.1f}s: {quix['events_per_s']:,.0f} events/s")
+    return quix
 
 
 def host_info() -> dict[str, Any]:

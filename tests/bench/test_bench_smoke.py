@@ -56,6 +56,16 @@ def test_the_bench_runs_end_to_end_and_writes_every_field(tmp_path: Path) -> Non
     assert ceiling["complete"] is True and ceiling["events"] == doc["workload"]["events"] + lat["warmup_events"] + lat["events"]
     assert ceiling["invalid"] == 0 and number(ceiling["events_per_s"]) and ceiling["events_per_s"] > 0
     assert one["ratio"] == pytest.approx(thr["events_per_s"] / ceiling["events_per_s"], abs=1e-4)  # the ratio is rounded to 4 decimals
+    # Quix Streams on the same input topics, both works, every record handled.
+    assert set(one["quix"]) == {"ceiling", "engine"}
+    for work, quix in one["quix"].items():
+        assert quix["work"] == work and quix["complete"] is True and quix["events"] == ceiling["events"], work
+        assert quix["invalid"] == 0 and number(quix["events_per_s"]) and quix["events_per_s"] > 0, work
+        assert quix["ratio"] == pytest.approx(quix["events_per_s"] / ceiling["events_per_s"], abs=1e-4), work
+    assert one["quix"]["ceiling"]["outputs"] == ceiling["events"]  # one output record per event, as the ceiling's
+    # The scorer's outputs: at least a score update per event (plus segment changes, triggers and timer scores).
+    assert one["quix"]["engine"]["outputs"] > ceiling["events"]
+    assert one["quix"]["engine"]["worker_ratio"] == pytest.approx(thr["events_per_s"] / one["quix"]["engine"]["events_per_s"], abs=1e-4)
     assert one["refit"]["customers"] == 20000 and one["refit"]["fitted"] is True and number(one["refit"]["seconds"])
 
     assert set(doc["summary"]) == set(METRICS)
