@@ -119,8 +119,13 @@ def _ceiling_step(roles: dict[str, str], run: _Run) -> Callable[..., bytes | Non
         current = apply(current, event, config)
         state.set(state_key, current.to_bytes())
         run.outputs += 1
-        return orjson.dumps(
-            {"customer": event.customer, "event_id": event.id, "orders": len(current.orders), "last_event_at": current.last_event_at}
+        return orjson.dumps(  # the ceiling's output record
+            {
+                "customer": event.customer,
+                "event_id": event.id,
+                "orders": len(current.orders),
+                "last_event_at": current.last_event_at,
+            }
         )
 
     return step

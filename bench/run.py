@@ -147,7 +147,14 @@ async def run_once(index: int, workload: Workload, args: argparse.Namespace, log
         result["ceiling"] = ceiling
         result["ratio"] = round(thr["events_per_s"] / ceiling["events_per_s"], 4) if ceiling["events_per_s"] else None
         for work in QUIX_CHOICES[args.quix]:
-            result.setdefault("quix", {})[work] = quix = await run_quix_phase(broker.bootstrap, roles, run_id, work, offered, args, logdir / f"run{index + 1}-quix-{work}.log")
+            log_path = logdir / f"run{index + 1}-quix-{work}.log"
+            try:
+                quix = await run_quix_phase(broker.bootstrap, roles, run_id, work, offered, args, log_path)
+            except RuntimeError as exc:  # the worker's figures are kept; the table shows "-"
+                say(f"Quix Streams ({work} work) failed: {exc}")
+                result.setdefault("quix", {})[work] = {"work": work, "error": str(exc)}
+                continue
+            result.setdefault("quix", {})[work] = quix
             quix["ratio"] = round(quix["events_per_s"] / ceiling["events_per_s"], 4) if ceiling["events_per_s"] else None
             if work == "engine":
                 # The worker's work, each in its own framework.
