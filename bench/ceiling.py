@@ -13,9 +13,26 @@ from aiokafka import AIOKafkaConsumer
 from bench.load import new_producer
 from bench.progress import say
 from streamer.core.config import Limits, ScoringConfig
-from streamer.core.events import decode
+from streamer.core.events import Event, decode
 from streamer.core.state import CustomerState, apply, is_duplicate
 from streamer.errors import InvalidEvent
+
+
+def update(state: CustomerState | None, event: Event, partition: int, config: ScoringConfig) -> CustomerState | None:
+    """The ceiling's state update for one decoded event: ``state`` (None: a new customer)
+    with the event applied, or None for a duplicate (nothing to do)."""
+    if state is None:
+        state = CustomerState(customer=event.customer, partition=partition)
+    elif is_duplicate(state, event):
+        return None
+    return apply(state, event, config)
+
+
+def output(event: Event, state: CustomerState) -> bytes:
+    """The ceiling's one output record for an event, from the state it left."""
+    return orjson.dumps(
+        {"customer": event.customer, "event_id": event.id, "orders": len(state.orders), "last_event_at": state.last_event_at}
+    )
 
 
 async def run_ceiling(
@@ -61,22 +78,12 @@ async def run_ceiling(
                     except InvalidEvent:
                         invalid += 1
                         continue
-                    state = states.get(event.customer)
+                    state = update(states.get(event.customer), event, message.partition, config)
                     if state is None:
-                        state = CustomerState(customer=event.customer, partition=message.partition)
-                    elif is_duplicate(state, event):
                         duplicates += 1
                         continue
-                    state = states[event.customer] = apply(state, event, config)
-                    out = orjson.dumps(
-                        {
-                            "customer": event.customer,
-                            "event_id": event.id,
-                            "orders": len(state.orders),
-                            "last_event_at": state.last_event_at,
-                        }
-                    )
-                    await producer.send(out_topic, value=out, key=message.key)
+                    states[event.customer] = state
+                    await producer.send(out_topic, value=output(event, state), key=message.key)
             if now - last_progress >= 10:
                 last_progress = now
                 say(f"ceiling: {handled:,}/{expected:,} handled")

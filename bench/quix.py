@@ -89,13 +89,14 @@ def _identity(value: Any) -> Any:
 
 
 def _ceiling_step(roles: dict[str, str], run: _Run) -> Callable[..., bytes | None]:
-    """The ceiling's work on one record, its state in Quix's state (a stateful ``apply``)."""
-    import orjson
+    """The ceiling's work on one record (``bench.ceiling``), its state in Quix's state (a
+    stateful ``apply``)."""
     from quixstreams import message_context
 
+    from bench.ceiling import output, update
     from streamer.core.config import Limits, ScoringConfig
     from streamer.core.events import decode
-    from streamer.core.state import CustomerState, apply, is_duplicate
+    from streamer.core.state import CustomerState
     from streamer.errors import InvalidEvent
 
     limits, config = Limits(), ScoringConfig()
@@ -109,24 +110,13 @@ def _ceiling_step(roles: dict[str, str], run: _Run) -> Callable[..., bytes | Non
             run.invalid += 1
             return None
         raw = state.get(state_key)
-        if raw is None:
-            current = CustomerState(customer=event.customer, partition=context.partition)
-        else:
-            current = CustomerState.from_bytes(raw)
-            if is_duplicate(current, event):
-                run.duplicates += 1
-                return None
-        current = apply(current, event, config)
+        current = update(None if raw is None else CustomerState.from_bytes(raw), event, context.partition, config)
+        if current is None:
+            run.duplicates += 1
+            return None
         state.set(state_key, current.to_bytes())
         run.outputs += 1
-        return orjson.dumps(  # the ceiling's output record
-            {
-                "customer": event.customer,
-                "event_id": event.id,
-                "orders": len(current.orders),
-                "last_event_at": current.last_event_at,
-            }
-        )
+        return output(event, current)
 
     return step
 
