@@ -32,6 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.ceiling import output, update
+from streamer.core.config import Limits, ScoringConfig
+from streamer.core.engine import AUDIT, DEAD_LETTER, SCORES, SEGMENT_CHANGES, TRIGGERS, Engine, Record
+from streamer.core.events import decode
+from streamer.core.state import CustomerState
+from streamer.errors import InvalidEvent
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKS = ("ceiling", "engine")
 #: The worker's session timeout in the bench (bench.worker), for a like-for-like start: the
@@ -93,12 +100,6 @@ def _ceiling_step(roles: dict[str, str], run: _Run) -> Callable[..., bytes | Non
     stateful ``apply``)."""
     from quixstreams import message_context
 
-    from bench.ceiling import output, update
-    from streamer.core.config import Limits, ScoringConfig
-    from streamer.core.events import decode
-    from streamer.core.state import CustomerState
-    from streamer.errors import InvalidEvent
-
     limits, config = Limits(), ScoringConfig()
     state_key = b"s"  # one value per customer (Quix prefixes it with the record's key)
 
@@ -135,13 +136,11 @@ class _QuixStore:
     def __init__(self) -> None:
         self.transaction: Any = None
 
-    def get(self, customer: str) -> Any:
-        from streamer.core.state import CustomerState
-
+    def get(self, customer: str) -> CustomerState | None:
         raw = self.transaction.get(self.KEY, prefix=customer.encode())
         return None if raw is None else CustomerState.from_bytes(raw)
 
-    def put(self, customer: str, state: Any) -> None:
+    def put(self, customer: str, state: CustomerState) -> None:
         self.transaction.set(self.KEY, state.to_bytes(), prefix=customer.encode())
 
     def delete(self, customer: str, partition: int) -> None:
@@ -151,8 +150,6 @@ class _QuixStore:
 def _engine_step(roles: dict[str, str], run: _Run) -> Callable[..., list[Any]]:
     """The worker's work on one record: its outgoing records, for an ``expand`` apply."""
     from quixstreams import message_context
-
-    from streamer.core.engine import Engine, Record
 
     engine, store = Engine(), _QuixStore()
 
@@ -237,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         sdf = sdf.filter(lambda out: out is not None)
         sdf.to_topic(app.topic(args.out, key_serializer="bytes", value_serializer="bytes"))
     else:
-        from streamer.core.engine import AUDIT, DEAD_LETTER, SCORES, SEGMENT_CHANGES, TRIGGERS
-
         partitions = inputs[0].broker_config.num_partitions
         outputs = {
             role: app.topic(f"{args.out}-{role}", key_serializer="bytes", value_serializer=OutgoingValue(),
