@@ -64,10 +64,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if not args.file:
         raise SystemExit("streamer evaluate: a CDNOW file (or --simulated) is required")
+    if not Path(args.file).is_file():
+        raise SystemExit(f"streamer evaluate: no file {args.file}")
+    try:
+        calibration_end, holdout_end = date.fromisoformat(args.calibration_end), date.fromisoformat(args.holdout_end)
+    except ValueError as exc:
+        raise SystemExit(f"streamer evaluate: --calibration-end / --holdout-end must be dates like 1997-09-30 ({exc})") from None
     report = evaluate(
         Path(args.file),
-        calibration_end=date.fromisoformat(args.calibration_end),
-        holdout_end=date.fromisoformat(args.holdout_end),
+        calibration_end=calibration_end,
+        holdout_end=holdout_end,
         margin_rate=args.margin_rate,
         out_dir=Path(args.out) if args.out else None,
         progress=not args.quiet,
@@ -173,8 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=_cmd_config_check)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args))
+    from streamer.errors import ConfigError
+    from streamer.settings import log_level
+
+    # A bad setting or rules file is the operator's to fix: one clear line and exit 2 (as
+    # `config check` does), not a traceback around the message.
+    try:
+        level = log_level(os.environ.get("LOG_LEVEL"))
+    except ConfigError as exc:
+        print(f"streamer {args.command}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"streamer {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,9 @@ __all__ = [
     "first_error",
 ]
 
-SCHEMA_DIR: Path = Path(
-    os.environ.get("STREAMER_SCHEMA_DIR")
-    # streamer/schemas: a link to the top-level schemas/ in a checkout, a copy in a wheel.
-    or Path(__file__).parent / "schemas"
-)
-"""Folder holding ``<slug>.v<N>.schema.json``; env var ``STREAMER_SCHEMA_DIR`` overrides."""
+#: Folder holding ``<slug>.v<N>.schema.json``: a link to the top-level schemas/ in a checkout,
+#: a copy in a wheel.
+SCHEMA_DIR: Path = Path(__file__).parent / "schemas"
 
 INPUT_TYPES: dict[str, str] = {
     "Order Completed": "orders",

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Callable
 
 from streamer.core.config import TRIGGER_NAMES, GoalRule, ScoringConfig, TriggerRule
-from streamer.core.families import FAMILIES
+from streamer.core.families import CHURN_SCORES, FAMILIES, WORD
 from streamer.errors import ConfigError
 
 DEFAULT_FILE = Path(__file__).with_name("rules.default.toml")
@@ -122,7 +122,7 @@ _VALUE_TIER: dict[str, tuple[str, Checker]] = {
 }
 # Sub-rule dataclass fields: key -> checker.
 _CHURN_BAND: dict[str, Checker] = {
-    "scores": lambda p, k, v: _strings(p, k, v),
+    "scores": lambda p, k, v: _strings(p, k, v, CHURN_SCORES),
     "bands": lambda p, k, v: _bands(p, k, v, 1.0),
     "hysteresis": lambda p, k, v: _number(p, k, v, 0.0, 0.5),
     "recheck_days": lambda p, k, v: _number(p, k, v, 0.0, open_low=True),
@@ -179,8 +179,14 @@ def _goal(p: _Problems, section: str, doc: Any, base: GoalRule) -> GoalRule:
     parsed = {}
     for name, words in categories.items():
         keywords = _strings(p, f"{section}.categories.{name}", words)
-        if keywords is not None:
-            parsed[name] = tuple(w.lower() for w in keywords)
+        if keywords is None:
+            continue
+        # A goal is matched word by word: "home studio" or "mixing-desk" could never match.
+        phrases = [w for w in keywords if not WORD.fullmatch(w.lower())]
+        if phrases:
+            p.add(f"{section}.categories.{name}", f"keywords are single words of letters and digits; {', '.join(map(repr, phrases))} would never match")
+            continue
+        parsed[name] = tuple(w.lower() for w in keywords)
     if "other" in parsed:
         p.add(f"{section}.categories.other", "'other' is the segment for goals that match no category")
     return GoalRule(categories=MappingProxyType(parsed))
@@ -221,6 +227,23 @@ def _trigger(p: _Problems, name: str, doc: Any, base: TriggerRule, value_tiers: 
     return replace(base, **changes)
 
 
+#: Transition triggers that read a segment family's changes: trigger -> family.
+_TRIGGER_FAMILY = {"reactivation": "churn_band", "advocate_invitation": "community"}
+
+
+def _check_trigger_needs(p: _Problems, triggers: dict[str, TriggerRule], families: tuple[str, ...], tiers: tuple[str, ...]) -> None:
+    """What an enabled trigger needs from the rest of the file, which its own section cannot
+    check: a trigger on a family that is off, or on value tiers that were renamed, would be
+    valid on its own and never fire."""
+    for name, family in _TRIGGER_FAMILY.items():
+        rule = triggers.get(name)
+        if rule is not None and rule.enabled and family not in families:
+            p.add(f"triggers.{name}", f"needs the {family!r} family in segments.families (or set enabled = false)")
+    rule = triggers.get("advocate_invitation")
+    if rule is not None and rule.enabled and (unknown := [t for t in rule.value_tiers if t not in tiers]):
+        p.add("triggers.advocate_invitation.value_tiers", f"names tiers {', '.join(map(repr, unknown))} that segments.value_tier.tiers does not have ({', '.join(tiers)})")
+
+
 def parse(doc: dict[str, Any], base: ScoringConfig | None = None) -> ScoringConfig:
     """A :class:`ScoringConfig` from a parsed rules document; raises :class:`ConfigError`
     listing every problem."""
@@ -247,6 +270,7 @@ def parse(doc: dict[str, Any], base: ScoringConfig | None = None) -> ScoringConf
     for name, trigger_doc in _table(p, "triggers", top.get("triggers", {}), TRIGGER_NAMES).items():
         triggers[name] = _trigger(p, name, trigger_doc, triggers.get(name, TriggerRule()), tiers)
     flat["triggers"] = MappingProxyType(triggers)
+    _check_trigger_needs(p, triggers, flat.get("families", base.families), tiers)
     if p.lines:
         raise ConfigError("invalid rules:\n  " + "\n  ".join(p.lines))
     return replace(base, **flat)

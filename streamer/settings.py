@@ -6,7 +6,9 @@ deploy/ checks, so a variable cannot be used somewhere without being documented 
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -50,7 +52,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "WEB_PORT": ("6066", "Port of the worker's web server."),
     "WEB_ADVERTISED_URL": ("", "How other workers reach this one's web server, for the query API's routing (e.g. `http://clv-streamer-0.clv-streamer:6066`). Empty: `http://WEB_HOST:WEB_PORT`, with the host name when WEB_HOST is 0.0.0.0."),
     "API_TOKEN": ("", "If set, the query API and dashboard require it (`Authorization: Bearer <token>`, or `?token=` for a browser); /metrics, /healthz and /readyz stay open."),
-    "LOG_LEVEL": ("info", "Worker log level (debug, info, warning, error)."),
+    "LOG_LEVEL": ("info", "Log level of the worker and the other commands: `debug`, `info`, `warning`, `error` or `critical`."),
     "STREAMER_CONFIG": ("", "Rules file (TOML): thresholds, horizons, segment families, campaign triggers. Empty: the defaults of `streamer/rules.default.toml`. The variables below marked *override* win over it."),
     "CLOCK": ("event", "`event`: timers follow each partition's newest event time (replays give the same triggers as living through them). `wall`: they also follow the wall clock, so quiet partitions fire on time."),
     "CLOCK_TICK_SECONDS": ("1", "With CLOCK=wall: how often the due-queues are checked against the wall clock."),
@@ -84,7 +86,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CONSUMER_FETCH_BYTES": ("262144", "Most input bytes one fetch returns per partition (Faust's own is 1 MiB). What a worker has fetched but not processed yet is held in memory: at Faust's sizes, tens of MB while it catches up."),
     "CONSUMER_POLL_RECORDS": ("250", "Most input records the consumer hands over per poll (Faust's own: no limit, i.e. everything fetched for every partition at once). Unlimited, a worker catching up held ~20 MB more of records it had not processed, and waited longer between polls."),
     "STREAM_BUFFER_EVENTS": ("1024", "Most input records an agent's stream holds unprocessed before fetching pauses (Faust's own is 4096): memory, not speed, while a worker catches up."),
-    "CONSUMER_FETCH_MAX_WAIT_MS": ("100", "Longest a fetch waits for new input records (Faust's own is 1500); bounds the input hop's latency on a broker that does not answer a waiting fetch early."),
+    "CONSUMER_FETCH_MAX_WAIT_MS": ("100", "Longest a fetch waits for new input records (Faust's own is 1500); bounds the input hop's latency on a broker that does not answer a waiting fetch early (the embedded one)."),
 }
 
 
@@ -92,14 +94,18 @@ def _env(name: str) -> str:
     return os.environ.get(name, SETTINGS_DOC[name][0]).strip()
 
 
-def _number(name: str, cast: Callable[[str], float], minimum: float | None = None) -> float:
+def _number(name: str, cast: Callable[[str], float], minimum: float | None = None, maximum: float | None = None) -> float:
     raw = _env(name)
     try:
         value = cast(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):  # float("nan") and float("inf") parse, and pass any bound check
+        raise ConfigError(f"{name}={raw!r} must be a finite number")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={raw!r} must be at most {maximum}")
     return value
 
 
@@ -108,11 +114,31 @@ def _fx_rates(reporting: str) -> dict[str, float]:
     raw = _env("FX_RATES")
     for item in filter(None, (part.strip() for part in raw.split(","))):
         code, _, rate = item.partition("=")
+        code = code.strip().upper()
         try:
-            rates[code.strip().upper()] = float(rate)
+            value = float(rate)
         except ValueError:
             raise ConfigError(f"FX_RATES item {item!r} must look like EUR=1.08") from None
+        if not CURRENCY_CODE.fullmatch(code):
+            raise ConfigError(f"FX_RATES item {item!r}: {code!r} is not an ISO 4217 code (three letters)")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"FX_RATES item {item!r}: the rate must be a positive number")
+        rates[code] = value
     return rates
+
+
+CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+
+#: Python's level names, and Faust's (its ``--loglevel`` takes only these spellings).
+LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "warn": "warn", "error": "error", "critical": "crit", "crit": "crit"}
+
+
+def log_level(raw: str | None) -> str:
+    """``LOG_LEVEL`` as a Python level name (``debug`` ... ``critical``); ConfigError otherwise."""
+    name = (raw or SETTINGS_DOC["LOG_LEVEL"][0]).strip().lower()
+    if name not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={raw!r}: use one of debug, info, warning, error, critical")
+    return {"warn": "warning", "crit": "critical"}.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -157,21 +183,26 @@ class Settings:
         return ("orders", "email-events", "community-events", "erasure-requests")
 
 
-#: Variables that override a key of the rules file: name -> (ScoringConfig field, cast, minimum).
-OVERRIDES: dict[str, tuple[str, Callable[[str], float], float]] = {
-    "DISCOUNT_RATE": ("annual_discount_rate", float, 0),
-    "LIFETIME_YEARS": ("expected_lifetime_years", float, 0),
-    "PRIOR_INTERVAL_DAYS": ("prior_interval_days", float, 1),
-    "AT_RISK_THRESHOLD": ("at_risk_threshold", float, 0),
-    "LAPSE_DAYS": ("lapse_days", float, 1),
-    "LOYAL_ORDERS": ("loyal_orders", int, 1),
-    "LOYAL_WINDOW_DAYS": ("loyal_window_days", float, 1),
-    "VALUE_TIER_MIN_POPULATION": ("value_tier_min_population", int, 1),
-    "VALUE_TIER_HYSTERESIS": ("value_tier_hysteresis", float, 0),
-    "VALUE_RANK_EXACT_LIMIT": ("value_rank_exact_limit", int, 1),
-    "REFIT_SAMPLE_PER_PARTITION": ("refit_sample_per_partition", int, 1),
-    "BTYD_HORIZON_DAYS": ("btyd_horizon_days", float, 1),
-    "LEARN_HORIZON_DAYS": ("learn_horizon_days", float, 1),
+#: Variables that override a key of the rules file: name -> (section, key, cast). The value is
+#: checked by the rules file's own checks (finite, the same bounds), so a setting cannot be
+#: given in the environment that the file would refuse.
+OVERRIDES: dict[str, tuple[str, str, Callable[[str], float]]] = {
+    "DISCOUNT_RATE": ("scores", "annual_discount_rate", float),
+    "LIFETIME_YEARS": ("scores", "expected_lifetime_years", float),
+    "PRIOR_INTERVAL_DAYS": ("scores", "prior_interval_days", float),
+    "BTYD_HORIZON_DAYS": ("scores", "btyd_horizon_days", float),
+    "LEARN_HORIZON_DAYS": ("scores", "learn_horizon_days", float),
+    "AT_RISK_THRESHOLD": ("segments.lifecycle", "at_risk_threshold", float),
+    "LAPSE_DAYS": ("segments.lifecycle", "lapse_days", float),
+    "LOYAL_ORDERS": ("segments.lifecycle", "loyal_orders", int),
+    "LOYAL_WINDOW_DAYS": ("segments.lifecycle", "loyal_window_days", float),
+    "VALUE_TIER_MIN_POPULATION": ("segments.value_tier", "min_population", int),
+    "VALUE_TIER_HYSTERESIS": ("segments.value_tier", "hysteresis", float),
+}
+#: Overrides of keys the rules file does not have: name -> (ScoringConfig field, minimum).
+ENV_ONLY_OVERRIDES: dict[str, tuple[str, int]] = {
+    "VALUE_RANK_EXACT_LIMIT": ("value_rank_exact_limit", 1),
+    "REFIT_SAMPLE_PER_PARTITION": ("refit_sample_per_partition", 1),
 }
 
 
@@ -179,12 +210,22 @@ def _scoring() -> ScoringConfig:
     """The rules file (or the defaults), then the override variables that are set."""
     path = _env("STREAMER_CONFIG")
     config = rules.load(path) if path else ScoringConfig()
-    changes = {}
-    for name, (field_name, cast, minimum) in OVERRIDES.items():
+    for name, (section, key, cast) in OVERRIDES.items():
         if os.environ.get(name, "").strip():
-            changes[field_name] = cast(_number(name, cast, minimum))
-    if "at_risk_threshold" in changes and not 0 < changes["at_risk_threshold"] < 1:
-        raise ConfigError("AT_RISK_THRESHOLD must be between 0 and 1")
+            doc: dict = {}
+            inner = doc
+            for part in section.split("."):
+                inner = inner.setdefault(part, {})
+            inner[key] = cast(_number(name, cast))
+            try:
+                config = rules.parse(doc, base=config)
+            except ConfigError as exc:
+                problem = str(exc).rsplit(": ", 1)[-1]  # "invalid rules:\n  section.key: problem"
+                raise ConfigError(f"{name}={_env(name)!r}: {problem} (rules file key {section}.{key})") from None
+    changes = {}
+    for name, (field_name, minimum) in ENV_ONLY_OVERRIDES.items():
+        if os.environ.get(name, "").strip():
+            changes[field_name] = int(_number(name, int, minimum))
     return replace(config, **changes)
 
 
@@ -214,7 +255,7 @@ def load() -> Settings:
     }
     if len(set(topics.values())) != len(topics):
         raise ConfigError(f"topic names must be distinct: {topics}")
-    web_port = int(_number("WEB_PORT", int, 0))
+    web_port = int(_number("WEB_PORT", int, 0, 65535))
     clock = _env("CLOCK").lower()
     if clock not in ("event", "wall"):
         raise ConfigError(f"CLOCK={clock!r}: use 'event' or 'wall'")
@@ -238,7 +279,7 @@ def load() -> Settings:
         web_port=web_port,
         advertised_url=_env("WEB_ADVERTISED_URL") or _default_url(_env("WEB_HOST"), web_port),
         api_token=_env("API_TOKEN"),
-        log_level=_env("LOG_LEVEL").lower(),
+        log_level=log_level(_env("LOG_LEVEL")),
         session_timeout=_number("CONSUMER_SESSION_TIMEOUT", float, 1),
         heartbeat_interval=_number("CONSUMER_HEARTBEAT_INTERVAL", float, 0.1),
         rebalance_timeout=_number("CONSUMER_REBALANCE_TIMEOUT", float, 1),

@@ -37,6 +37,11 @@ class Decision:
 Rule = Callable[[CustomerState, Features, dict[str, float], ScoringConfig, "str | None"], Decision]
 
 
+#: The scores a churn band can be drawn from: probabilities where higher means more likely
+#: gone (``p_alive`` is the other way round and is not one of them).
+CHURN_SCORES = ("churn_risk", "dropout_probability", "p_no_purchase", "churn_risk_learned")
+
+
 def churn_band(state: CustomerState, f: Features, scores: dict[str, float], config: ScoringConfig, current: str | None) -> Decision:
     """low / medium / high by the first configured churn score the customer has.
 
@@ -112,7 +117,8 @@ def community(state: CustomerState, f: Features, scores: dict[str, float], confi
     return Decision(Assignment("member", "joined the community"))
 
 
-_WORD = re.compile(r"[a-z0-9]+")
+#: What a goal's text is split into; keywords are matched against these whole words.
+WORD = re.compile(r"[a-z0-9]+")
 
 
 def goal(state: CustomerState, f: Features, scores: dict[str, float], config: ScoringConfig, current: str | None) -> Decision:
@@ -124,7 +130,7 @@ def goal(state: CustomerState, f: Features, scores: dict[str, float], config: Sc
     text = state.survey.get("goal")
     if not text:
         return Decision(Assignment(None, "no goal stated"))
-    words = set(_WORD.findall(str(text).lower()))
+    words = set(WORD.findall(str(text).lower()))
     for category, keywords in config.goal.categories.items():
         if words.intersection(keywords):
             return Decision(Assignment(category, "stated goal matches the category's keywords"))

@@ -119,12 +119,14 @@ def transition_reasons(
 ) -> dict[str, str]:
     """Transition triggers that this evaluation sets off: name -> reason."""
     out: dict[str, str] = {}
-    if new.get(CHURN_BAND) == "high" and old.get(CHURN_BAND) not in (None, "high") and new.get(LIFECYCLE) != "lapsed":
-        out["reactivation"] = f"churn risk rose from {old.get(CHURN_BAND)} to high"
+    # The riskiest band and the top tier are the first configured ones, whatever their names.
+    high, top = config.churn_band.bands[0][0], config.value_tiers[0][0]
+    if new.get(CHURN_BAND) == high and old.get(CHURN_BAND) not in (None, high) and new.get(LIFECYCLE) != "lapsed":
+        out["reactivation"] = f"churn risk rose from {old.get(CHURN_BAND)} to {high}"
     if new.get(LIFECYCLE) == "lapsed" and old.get(LIFECYCLE) not in (None, "lapsed"):
         out["win_back"] = f"lapsed: no order for {config.lapse_days:.0f} days"
-    if new.get(VALUE_TIER) == "top" and old.get(VALUE_TIER) != "top":
-        out["vip_welcome"] = "entered the top value tier"
+    if new.get(VALUE_TIER) == top and old.get(VALUE_TIER) != top:
+        out["vip_welcome"] = f"entered the {top} value tier"
     tiers = config.triggers["advocate_invitation"].value_tiers if "advocate_invitation" in config.triggers else ()
 
     def advocate_ready(segs: dict[str, str | None]) -> bool:

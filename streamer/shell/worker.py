@@ -52,5 +52,7 @@ def run() -> None:
     asyncio.run(wait_for_broker(settings))
     from streamer.shell import agents, web  # noqa: F401  (registers agents, tables, pages)
 
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
+    from streamer.settings import LOG_LEVELS
+
+    sys.argv = [sys.argv[0], "worker", "--loglevel", LOG_LEVELS[settings.log_level]]  # Faust's spelling: warn, crit
     app.main()

@@ -3,6 +3,7 @@ path, environment overrides win, and `streamer config check`."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,39 @@ def test_advocate_tiers_must_exist_and_booleans_are_not_numbers():
         rules.parse({"segments": {"lifecycle": {"loyal_orders": True}}})
 
 
+def test_a_file_whose_rules_could_never_fire_is_refused():
+    """Each of these is valid in its own section and silently did nothing before: a churn
+    score that does not exist (no churn band, no reactivation), goal keywords the word-by-word
+    match can never find, triggers on a family that is off, invitation tiers renamed away."""
+    doc = {
+        "segments": {
+            "families": ["engagement", "goal", "advocate"],
+            "value_tier": {"tiers": {"vip": 0.9, "mid": 0.5, "low": 0.0}},
+            "churn_band": {"scores": ["churn_rsk"]},
+            "goal": {"categories": {"studio": ["home studio", "mixing-desk", "studio"]}},
+        }
+    }
+    with pytest.raises(ConfigError) as caught:
+        rules.parse(doc)
+    message = str(caught.value)
+    for expected in (
+        "segments.churn_band.scores: unknown 'churn_rsk' (did you mean 'churn_risk'?)",
+        "segments.goal.categories.studio: keywords are single words of letters and digits; 'home studio', 'mixing-desk' would never match",
+        "triggers.reactivation: needs the 'churn_band' family in segments.families",
+        "triggers.advocate_invitation: needs the 'community' family in segments.families",
+        "triggers.advocate_invitation.value_tiers: names tiers 'top', 'high' that segments.value_tier.tiers does not have (vip, mid, low)",
+    ):
+        assert expected in message, (expected, message)
+    # The same file is fine once the triggers that cannot work are off or pointed right.
+    doc["segments"]["churn_band"]["scores"] = ["churn_risk_learned", "churn_risk"]
+    doc["segments"]["goal"]["categories"]["studio"] = ["studio", "mixing"]
+    doc["triggers"] = {"reactivation": {"enabled": False}, "advocate_invitation": {"enabled": False}}
+    assert rules.parse(doc).value_tiers[0] == ("vip", 0.9)
+    doc["segments"]["families"] = ["churn_band", "community"]
+    doc["triggers"] = {"advocate_invitation": {"value_tiers": ["vip"]}}
+    assert rules.parse(doc).triggers["advocate_invitation"].value_tiers == ("vip",)
+
+
 def test_bad_toml_and_missing_file_say_so(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("x = [\n")
@@ -120,3 +154,25 @@ def test_config_check_runs_as_a_command():
     done = subprocess.run([sys.executable, "-m", "streamer", "config", "check", str(rules.DEFAULT_FILE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "families on: churn_band, engagement, community, goal, advocate" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STREAMER_CONFIG": "/nonexistent/rules.toml"}, "streamer worker: rules file /nonexistent/rules.toml: No such file or directory"),
+        ({"DISCOUNT_RATE": "nan"}, "streamer worker: DISCOUNT_RATE='nan' must be a finite number"),
+        ({"LOG_LEVEL": "verbose"}, "streamer worker: LOG_LEVEL='verbose': use one of debug, info, warning, error, critical"),
+    ],
+)
+def test_a_worker_with_a_bad_setting_says_what_in_one_line_and_exits_2(env: dict[str, str], message: str):
+    """Before the broker is even looked for (the bootstrap below is a closed port), and with no
+    traceback around the message: what an operator reads in a crash-looping pod's log."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer", "worker"],
+        env={**os.environ, "KAFKA_BOOTSTRAP": "127.0.0.1:9", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -186,6 +186,25 @@ def test_vip_welcome_and_advocate_invitation():
     assert shop.suppressed() == [("referral_thanks", "cooldown")]
 
 
+def test_reactivation_and_vip_welcome_follow_renamed_bands_and_tiers():
+    """The riskiest churn band and the top value tier are the first configured ones: a rules
+    file that names them otherwise (valid on its own) once left both triggers silent."""
+    cfg = replace(
+        only("reactivation", "vip_welcome"),
+        churn_band=ChurnBandRule(bands=(("danger", 0.6), ("watch", 0.3), ("fine", 0.0))),
+        value_tiers=(("vip", 0.9), ("regular", 0.3), ("occasional", 0.0)),
+        value_tier_min_population=10,
+    )
+    shop = Shop(cfg)
+    for i in range(9):
+        shop.order(f"small-{i}", 0, f"S{i}", total=40.0)
+    shop.order("a", 0, "A1", total=500.0)
+    shop.tick(500)
+    assert [c[2] for c in shop.changes("churn_band") if c[0] == "a"] == ["fine", "watch", "danger"]
+    fired = [(customer, name) for customer, name, _step, _at in shop.triggers() if customer == "a"]
+    assert fired == [("a", "vip_welcome"), ("a", "reactivation")]
+
+
 # -- cooldowns, consent, flapping --------------------------------------------------------------------
 
 
