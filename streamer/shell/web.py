@@ -41,12 +41,16 @@ async def healthz(web: Any, request: Any) -> Any:
     return web.json({"status": "ok"})
 
 
+def _recovered() -> bool:
+    """The table is restored. ``completed`` is set after the first recovery and never cleared,
+    so a later recovery is seen through ``in_recovery``."""
+    recovery = app.tables.recovery
+    return recovery.completed.is_set() and not recovery.in_recovery
+
+
 @app.page("/readyz")
 async def readyz(web: Any, request: Any) -> Any:
-    # ``completed`` is set after the first recovery and never cleared, so a later recovery
-    # is seen through ``in_recovery``.
-    recovery = app.tables.recovery
-    recovered = recovery.completed.is_set() and not recovery.in_recovery
+    recovered = _recovered()
     # The broker too: Faust keeps retrying in the background and would stay "ready" through
     # an outage, or after a broker restart that lost the topics (see broker_watch.py).
     ready = recovered and not app.rebalancing and broker_watch.ok
@@ -91,8 +95,17 @@ async def customer_page(web: Any, request: Any, customer_id: str) -> Any:
 @app.table_route(table=customers, match_info="customer_id")
 async def _owned_customer(web: Any, request: Any, customer_id: str) -> Any:
     """Runs on the worker that owns the customer's partition (Faust forwards the request)."""
+    return customer_answer(web, customer_id)
+
+
+def customer_answer(web: Any, customer_id: str) -> Any:
+    """The owner's answer for one customer: the view, 404 unknown, 503 while not settled."""
     state = store.get(customer_id)
     if state is None:
+        if not _recovered() or app.rebalancing:
+            # The table is still being restored (or its partitions are moving): a customer
+            # not found yet may well exist. Unknown is only known once it is settled.
+            return _error(web, 503, "not_ready", "this worker's state is being restored or its partitions are moving; retry shortly")
         return _error(web, 404, "not_found", "no such customer: no event of theirs has been applied")
     return web.json(views.customer_view(engine, state))
 

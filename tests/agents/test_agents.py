@@ -416,6 +416,28 @@ async def test_metrics_page_exposes_the_counters(sends, feed):
     assert "clv_processing_latency_seconds_bucket" in body
 
 
+async def test_a_customer_not_found_is_503_until_the_table_is_restored(sends, feed, monkeypatch):
+    """Unknown (404) only once the table is settled: while it is restored, or its partitions
+    move, a customer not found yet may exist (README: 404 unknown, 503 retry)."""
+    completed = app.tables.recovery.completed
+    response = web.customer_answer(app.web, "cust-not-yet-restored")
+    assert response.status == 503 and json.loads(response.body)["error"] == "not_ready"
+    completed.set()
+    try:
+        response = web.customer_answer(app.web, "cust-not-yet-restored")
+        assert response.status == 404 and json.loads(response.body)["error"] == "not_found"
+        monkeypatch.setattr(app, "rebalancing", True)
+        assert web.customer_answer(app.web, "cust-not-yet-restored").status == 503
+        monkeypatch.setattr(app, "rebalancing", False)
+        customer = "cust-agent-known"
+        async with agents.score_orders.test_context() as agent:
+            await feed(agent, order_completed(customer, "ORD-K-1", 10.0), key=customer.encode())
+        response = web.customer_answer(app.web, customer)
+        assert response.status == 200 and json.loads(response.body)["customer"] == customer
+    finally:
+        completed.clear()
+
+
 async def test_healthz_page():
     response = await view(web.healthz).get(None)
     assert response.status == 200
