@@ -46,6 +46,8 @@ from tests.deploy.deployfiles import (
 #: Variables that are not the app's, per place: the image's Python/pip switches and the
 #: third-party images' own settings. Everything else must be in streamer.settings.SETTINGS_DOC.
 ALLOWED_ENV: dict[str, set[str]] = {
+    # The downward API's pod name, from which WEB_ADVERTISED_URL is made.
+    "k8s:clv-streamer": {"POD_NAME"},
     "Dockerfile": {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"},
     # apache/kafka image: KAFKA_* become server.properties entries; CLUSTER_ID formats storage.
     "compose:kafka": {
@@ -251,6 +253,21 @@ def test_statefulset_keeps_rocksdb_on_a_volume_claim_template() -> None:
     assert container["args"] == ["worker"]
     service = k8s_object("Service")
     assert spec["serviceName"] == service["metadata"]["name"]
+
+
+def test_each_pod_advertises_its_stable_dns_name_to_the_others() -> None:
+    """The query API forwards a request to the worker that owns the customer, at the URL that
+    worker advertises: on Kubernetes <pod>.<headless service>:<web port>, the pod's own name
+    coming from the downward API (the default, the bare host name, does not resolve)."""
+    (sts,) = k8s_objects("StatefulSet")
+    (service,) = k8s_objects("Service")
+    assert service["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == service["metadata"]["name"]
+    entries = {entry["name"]: entry for entry in worker_container(sts)["env"]}
+    assert entries["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    names = list(entries)
+    assert names.index("POD_NAME") < names.index("WEB_ADVERTISED_URL")  # $(VAR) sees only earlier entries
+    port = web_port(container_env(worker_container(sts)))
+    assert entries["WEB_ADVERTISED_URL"]["value"] == f"http://$(POD_NAME).{service['metadata']['name']}:{port}"
 
 
 def test_service_and_servicemonitor_reach_the_metrics_port() -> None:
