@@ -531,6 +531,8 @@ class Engine:
         clv = scores["formula_clv"] if feats.orders else None
         if feats.orders and feats.first_order_at is not None and feats.last_order_at is not None:
             clock.columns.set_refit(state.customer, feats.repeat_transactions, feats.first_order_at, feats.last_order_at, feats.repeat_mean_value)
+        elif not feats.orders:
+            clock.columns.clear_refit(state.customer)  # its orders were all refunded since
         clock.ranks.replace(state.value, clv)  # state.value: the CLV it was ranked by so far
         config = self.config
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, config)}

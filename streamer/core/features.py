@@ -89,7 +89,12 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
     refunds = state.refunds
     for order_id, order in state.orders.items():
         by_event = refunds.get(order_id) if refunds else None
-        total, order_margin = net_of_refunds(order, by_event) if by_event else (order[O_TOTAL], order[O_MARGIN])
+        if by_event:
+            total, order_margin = net_of_refunds(order, by_event)
+            if total <= 0 < order[O_TOTAL]:
+                continue  # fully refunded (state.is_void): returned, not a purchase
+        else:
+            total, order_margin = order[O_TOTAL], order[O_MARGIN]
         t = order[O_TIME]
         day_totals = totals_by_day.get(t // DAY)
         if day_totals is None:

@@ -143,6 +143,11 @@ class PartitionColumns:
             self.refit_rows += 1
         self.x[slot], self.first[slot], self.last[slot], self.m[slot] = x, first, last, m
 
+    def clear_refit(self, customer: str) -> None:
+        """No row for the customer any more: no purchase left to fit (every order refunded)."""
+        if self._has_row(customer):
+            self._drop_refit(customer)
+
     def _admit(self, customer: str) -> bool:
         """Whether a customer without a row gets one; makes room by dropping another's."""
         limit, sample = self.refit_limit, self._sample

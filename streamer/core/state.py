@@ -272,7 +272,10 @@ def _fold_oldest(state: CustomerState) -> None:
     state.archived_ids.append(order_id)
     if len(state.archived_ids) > ARCHIVED_IDS_KEPT:
         del state.archived_ids[0]
-    total, margin = net_of_refunds(order, state.refunds.pop(order_id, {}))
+    refunds = state.refunds.pop(order_id, {})
+    if is_void(order, refunds):
+        return  # returned: nothing to add up (its id is kept above, for de-duplication)
+    total, margin = net_of_refunds(order, refunds)
     arch = state.archive
     day = order[O_TIME] // DAY
     # The archive counts the distinct days of *its* orders. Folding goes oldest first, so a
@@ -298,6 +301,14 @@ def net_of_refunds(order: list[float], refunds: dict[str, float]) -> tuple[float
         return total, order[O_MARGIN]
     share = (total - refunded) / total
     return total - refunded, order[O_MARGIN] * share
+
+
+def is_void(order: list[float], refunds: dict[str, float] | None) -> bool:
+    """A fully refunded order: returned, so no purchase at all (not counted as an order or a
+    purchase day, not a product bought), where a partial refund only lowers its value."""
+    if not refunds or order[O_TOTAL] <= 0:
+        return False
+    return net_of_refunds(order, refunds)[0] <= 0
 
 
 def _order_refunded(state: CustomerState, event: Event, config: ScoringConfig) -> None:

@@ -26,7 +26,7 @@ from streamer.core.config import DAY, ScoringConfig, TriggerRule
 from streamer.core.families import ADVOCATE, CHURN_BAND, COMMUNITY
 from streamer.core.features import Features
 from streamer.core.segments import LIFECYCLE, VALUE_TIER, format_date
-from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_FLAGS, O_TIME, CustomerState
+from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_FLAGS, O_TIME, CustomerState, is_void
 
 # Indexes of the per-trigger marks kept in state.triggers[name].
 LAST_FIRED, HANDLED_DUE = 0, 1
@@ -64,7 +64,10 @@ def first_basic_since_advanced(state: CustomerState) -> float | None:
     last advanced one (None when they own an advanced product bought later, or no basic)."""
     last_advanced = None
     basics: list[float] = []  # times of orders with a basic product and no advanced one
-    for order in state.orders.values():
+    refunds = state.refunds
+    for order_id, order in state.orders.items():
+        if refunds and is_void(order, refunds.get(order_id)):
+            continue  # returned: a basic product sent back is no start on basic
         flags = int(order[O_FLAGS])
         if flags & FLAG_ADVANCED:
             if last_advanced is None or order[O_TIME] > last_advanced:

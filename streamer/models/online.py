@@ -44,7 +44,7 @@ from river import drift, linear_model, metrics, optim, preprocessing
 
 from streamer.core.config import DAY
 from streamer.core.features import Features
-from streamer.core.state import O_TIME, CustomerState, net_of_refunds
+from streamer.core.state import O_TIME, CustomerState, is_void, net_of_refunds
 
 #: The learned features, in the order :meth:`Snapshot.to_list` stores them.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -304,12 +304,18 @@ def label_from_orders(order_times_and_values: Iterable[tuple[float, float]], sta
 
 
 def order_times_and_values(state: CustomerState) -> list[tuple[float, float]]:
-    """(time, net value) of the orders kept individually in ``state`` (refunds deducted).
+    """(time, net value) of the orders kept individually in ``state`` (refunds deducted; a fully
+    refunded order is left out: no purchase).
 
     Archived orders are older than every kept one, so a label window that starts after the
     oldest kept order is complete.
     """
-    return [(order[O_TIME], net_of_refunds(order, state.refunds.get(oid, {}))[0]) for oid, order in state.orders.items()]
+    refunds = state.refunds
+    return [
+        (order[O_TIME], net_of_refunds(order, refunds.get(oid, {}))[0])
+        for oid, order in state.orders.items()
+        if not (refunds and is_void(order, refunds.get(oid)))  # a returned order is no purchase
+    ]
 
 
 def _sigmoid(z: float) -> float:

@@ -18,7 +18,7 @@ from streamer import contracts
 from streamer.core import outputs
 from streamer.core.config import ScoringConfig
 from streamer.core.engine import DEAD_LETTER, SCORES, SEGMENT_CHANGES, DictStore, Engine, PartitionClock, Record
-from streamer.core.state import CustomerState
+from streamer.core.state import CustomerState, is_void
 from streamer.simulator import TOPIC_OF_TYPE, ShopSimulator
 
 WALL = T0 + 500 * DAY
@@ -429,7 +429,8 @@ def test_simulator_run_reaches_every_lifecycle_segment(sim_run):
     *_, results, store = sim_run
     reached = {t.new for r in results for t in r.transitions if t.family == "lifecycle"}
     # 200 days are too short for a 365-day lapse, so neither lapsed nor reactivated occur.
-    assert reached == {"new", "repeat", "loyal", "at_risk"}
+    # None: the lifecycle left by a customer whose every order was refunded (no purchase).
+    assert reached == {"new", "repeat", "loyal", "at_risk", None}
     # The published state agrees with the last segment change of each customer.
     last: dict[tuple[str, str], str | None] = {}
     for r in results:
@@ -439,6 +440,9 @@ def test_simulator_run_reaches_every_lifecycle_segment(sim_run):
                 last[(d["customer"], d["family"])] = d["to"]
     for (customer, family), segment in last.items():
         assert store.get(customer).segments[family] == segment
+    # Those who ended with no lifecycle after having one returned everything they bought.
+    left = [store.get(c) for (c, family), segment in last.items() if family == "lifecycle" and segment is None]
+    assert left and all(s.orders and all(is_void(o, s.refunds.get(oid)) for oid, o in s.orders.items()) for s in left)
 
 
 def test_simulator_run_restore_matches_uninterrupted():

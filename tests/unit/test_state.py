@@ -114,13 +114,15 @@ def test_permutation_features_match_a_direct_computation(data):
         back = min(refunded.get(oid, 0.0), total)
         revenue += total - back
         margin += e.data["margin"] * ((total - back) / total if total > 0 else 1.0)
-    assert f.orders == len(orders)
-    assert f.transactions == len({int(e.time // DAY) for e in orders.values()})
+    # A fully refunded order was returned: no purchase (its value above is 0 anyway).
+    bought = {oid: e for oid, e in orders.items() if not (e.data["total"] > 0 and refunded.get(oid, 0.0) >= e.data["total"])}
+    assert f.orders == len(bought)
+    assert f.transactions == len({int(e.time // DAY) for e in bought.values()})
     assert f.revenue == pytest.approx(revenue, rel=1e-9, abs=1e-9)
     assert f.margin == pytest.approx(margin, rel=1e-9, abs=1e-9)
-    assert f.discount == pytest.approx(sum(e.data["discount"] for e in orders.values()), abs=1e-9)
-    assert f.bought_basic == any(e.data["basic"] for e in orders.values())
-    assert f.bought_advanced == any(e.data["advanced"] for e in orders.values())
+    assert f.discount == pytest.approx(sum(e.data["discount"] for e in bought.values()), abs=1e-9)
+    assert f.bought_basic == any(e.data["basic"] for e in bought.values())
+    assert f.bought_advanced == any(e.data["advanced"] for e in bought.values())
     others = [e for e in events if e.type not in ("Order Completed", "Order Refunded")]
     assert f.emails_opened == sum(e.type == "Email Opened" for e in others)
     assert f.emails_clicked == sum(e.type == "Email Link Clicked" for e in others)
@@ -233,7 +235,16 @@ def test_refunds_beyond_the_order_total_cap_at_the_total():
     f = features_at(events, T0 + 5 * DAY)
     assert f.revenue == pytest.approx(50.0)  # o1 counts 0, never negative
     assert f.margin == pytest.approx(20.0)
-    assert f.orders == 2  # a fully refunded order still happened
+    assert f.orders == 1 and f.transactions == 1  # o1, fully refunded, was returned: no purchase
+    assert f.first_order_at == T0 + DAY
+
+
+def test_a_fully_refunded_order_is_no_purchase_but_a_partly_refunded_one_is():
+    events = [order("o1", T0, 100.0, 30.0), refund("r1", "o1", T0 + DAY, 100.0)]
+    f = features_at(events, T0 + 5 * DAY)
+    assert (f.orders, f.transactions, f.first_order_at, f.revenue, f.margin) == (0, 0, None, 0.0, 0.0)
+    partly = features_at([order("o1", T0, 100.0, 30.0), refund("r1", "o1", T0 + DAY, 99.99)], T0 + 5 * DAY)
+    assert (partly.orders, partly.first_order_at) == (1, T0) and partly.revenue == pytest.approx(0.01)
 
 
 def test_refund_of_a_zero_total_order_changes_nothing():
@@ -327,7 +338,9 @@ def test_folding_in_time_order_matches_unbounded_state(data):
             events.append(refund(f"r{i}", o.data["order_id"], o.time + 1, data.draw(st.integers(1, 100_000)) / 100))
     now = T0 + 60 * DAY
     small, big = compute(fold(events, SMALL), now, SMALL), compute(fold(events, BIG), now, BIG)
-    assert small.orders == big.orders == len(orders)
+    refunded = {e.data["order_id"]: e.data["total"] for e in events if e.type == "Order Refunded"}
+    bought = [o for o in orders if not 0 < o.data["total"] <= refunded.get(o.data["order_id"], 0.0)]  # fully refunded: no purchase
+    assert small.orders == big.orders == len(bought)
     # Flags and the loyalty window only see kept orders, by design.
     assert_features_close(
         small, big, skip=("bought_basic", "bought_advanced", "purchase_days_in_loyal_window", "loyal_until")

@@ -10,7 +10,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import orjson
-from corekit import DAY, T0, email_doc, envelope, order_doc, parse, raw
+from corekit import DAY, T0, email_doc, envelope, order_doc, parse, raw, refund_doc
 
 from streamer import contracts
 from streamer.core import outputs
@@ -147,6 +147,21 @@ def test_overdue_past_the_expected_next_order_and_again_after_the_next_order():
     shop.order("a", 120, "A3")  # interval (120 + 90) / 3 = 70: overdue at 120 + 105
     shop.tick(300)
     assert shop.triggers() == [("a", "overdue", None, 85.0), ("a", "overdue", None, 225.0)]
+
+
+def test_a_returned_order_is_no_purchase_to_follow_up():
+    """Every order of "a" refunded in full the day after: the onboarding steps still due, the
+    upsell for the basic product sent back, overdue and win-back never fire, and the lifecycle
+    is left. "b" keeps part of the money: a purchase, followed up as usual."""
+    shop = Shop(only("onboarding", "upsell_advanced", "overdue", "win_back"))
+    shop.order("a", 0, "A1", tiers=("basic",))
+    shop.order("b", 0, "B1", tiers=("basic",))
+    shop.send("orders", refund_doc("a", T0 + 1 * DAY, "A1", 100.0, "ra-1"))
+    shop.send("orders", refund_doc("b", T0 + 1 * DAY, "B1", 60.0, "rb-1"))
+    shop.tick(500)
+    assert [(name, step, day) for customer, name, step, day in shop.triggers() if customer == "a"] == [("onboarding", 1, 0.0)]
+    assert {name for customer, name, _s, _d in shop.triggers() if customer == "b"} == {"onboarding", "upsell_advanced", "overdue", "win_back"}
+    assert [(old, new, day) for customer, old, new, day in shop.changes("lifecycle") if customer == "a"] == [(None, "new", 0.0), ("new", None, 1.0)]
 
 
 # -- transition triggers ---------------------------------------------------------------------------
