@@ -12,7 +12,7 @@ It also scores BG/NBD by other point forecasts than its mean: MAE is minimised b
 of each customer's predictive distribution, so the MAE a model "gets" depends on which of its
 forecasts is scored (the churn AUC of those lines is BG/NBD's, by expected purchases).
 
-    python bench/cdnow_headroom.py ../shared/data/CDNOW_sample.txt
+    python bench/cdnow_headroom.py tests/data/CDNOW_sample.txt
 
 numpy and scipy only (IRLS for the Poisson and logistic GLMs, a small ridge penalty).
 """

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate",
         help="replay a CDNOW-format history (or a simulated shop: --simulated), predict the holdout, report metrics",
     )
-    p.add_argument("file", nargs="?", help="transaction log in CDNOW format (e.g. ../shared/data/CDNOW_sample.txt)")
+    p.add_argument("file", nargs="?", help="transaction log in CDNOW format (e.g. tests/data/CDNOW_sample.txt)")
     p.add_argument("--calibration-end", default="1997-09-30", help="last day of calibration (default 1997-09-30)")
     p.add_argument("--holdout-end", default="1998-06-30", help="last day of the holdout (default 1998-06-30)")
     p.add_argument("--margin-rate", type=float, default=1.0, help="margin as a share of revenue (CDNOW has none)")

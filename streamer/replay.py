@@ -55,7 +55,7 @@ __all__ = ["CDNOW", "CDNOW_COLUMNS", "FORMATS", "RowMapping", "Plan", "detect_fo
 
 FORMATS = ("csv", "tsv", "jsonl", "cdnow")
 CDNOW_COLUMNS = ("customer_full_id", "customer_id", "date", "cds", "value")
-"""Column names given to the five whitespace-separated CDNOW columns (see ../shared/data/README.md)."""
+"""Column names given to the five whitespace-separated CDNOW columns (see tests/data/README.md)."""
 
 DEFAULT_ORDER_ID_COL = "order_id"
 MAX_TOTAL = 10_000_000.0  # the contract's maximum

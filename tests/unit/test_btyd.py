@@ -54,12 +54,10 @@ from streamer.models.cdnow import (
     roc_auc,
 )
 
-CDNOW = Path("/work/shared/data/CDNOW_sample.txt")
+CDNOW = Path(__file__).resolve().parents[1] / "data" / "CDNOW_sample.txt"
 PUBLISHED = BGNBDParams(0.243, 4.414, 0.793, 2.426)
 PUBLISHED_LL = -9582.4
 PUBLISHED_GG = GammaGammaParams(6.25, 3.74, 15.44)
-
-needs_cdnow = pytest.mark.skipif(not CDNOW.exists(), reason="CDNOW sample not available")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +107,6 @@ def simulate_bgnbd(n: int, params: BGNBDParams, T: np.ndarray, rng: np.random.Ge
 # -- CDNOW data and the published BG/NBD ---------------------------------------------------------
 
 
-@needs_cdnow
 def test_cdnow_calibration_summaries(rows, cal):
     assert len(rows) == 6919
     assert len(cal.ids) == 2357
@@ -144,13 +141,11 @@ def test_same_day_purchases_are_one_transaction():
     assert holdout_counts(rows, date(2020, 1, 21), date(2020, 2, 28)) == {"c": 1, "d": 0}
 
 
-@needs_cdnow
 def test_log_likelihood_at_published_parameters(cal):
     # Independent of the optimiser: the published point must give the published LL.
     assert bgnbd_log_likelihood(PUBLISHED.as_tuple(), cal.summaries()) == pytest.approx(PUBLISHED_LL, abs=0.1)
 
 
-@needs_cdnow
 def test_fit_reproduces_published_estimates(fitted):
     for name in ("r", "alpha", "a", "b"):
         assert getattr(fitted, name) == pytest.approx(getattr(PUBLISHED, name), rel=0.02), name
@@ -158,7 +153,6 @@ def test_fit_reproduces_published_estimates(fitted):
     assert fitted.n_customers == 2357
 
 
-@needs_cdnow
 def test_fit_is_a_maximum(cal, fitted):
     s = cal.summaries()
     grad = bgnbd_log_likelihood_gradient(fitted.as_tuple(), s)
@@ -439,7 +433,6 @@ def test_fit_on_synthetic_population_recovers_parameters():
 # -- Gamma-Gamma ----------------------------------------------------------------------------------
 
 
-@needs_cdnow
 def test_gamma_gamma_on_cdnow(cal):
     gg = fit_gamma_gamma(cal.x, cal.mean_value)
     assert gg.n_customers == 946
@@ -496,7 +489,6 @@ def test_roc_auc_matches_pair_counting():
     assert roc_auc(y, s) == pytest.approx(pairs / (len(pos) * len(neg)))
 
 
-@needs_cdnow
 def test_cdnow_holdout_baseline(cal, holdout, fitted):
     """Batch BG/NBD on the 39-week holdout — the baseline the streaming models are compared with."""
     predicted = expected_purchases(fitted, 39.0, cal.x, cal.t_x, cal.T)

@@ -20,7 +20,7 @@ from streamer.core.events import decode
 from streamer.errors import ConfigError
 from streamer.replay import CDNOW, RowMapping, Plan, detect_format, parse_time, prepare, summary_lines
 
-CDNOW_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "CDNOW_sample.txt"
+CDNOW_FILE = Path(__file__).resolve().parents[1] / "data" / "CDNOW_sample.txt"
 NOW = 1_900_000_000.0  # 2030: fixed, so "the future" does not move
 
 
@@ -238,7 +238,6 @@ def test_cdnow_lines(tmp_path: Path) -> None:
     assert_valid(plan)
 
 
-@pytest.mark.skipif(not CDNOW_FILE.exists(), reason="shared/data/CDNOW_sample.txt is not next to the repo")
 def test_the_cdnow_sample_maps_completely() -> None:
     plan = prepare(CDNOW_FILE, "cdnow")
     assert (plan.rows_read, len(plan.records), plan.customers, sum(plan.skipped.values())) == (6919, 6919, 2357, 0)
