@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import itertools
 import math
 import re
 from pathlib import Path
@@ -173,7 +174,27 @@ def _message(error: jsonschema.ValidationError) -> str:
         return "at least one of " + ", ".join(map(repr, names)) + " is required"
     if error.validator == "pattern" and isinstance(schema.get("description"), str):
         return f"{error.instance!r} does not match the expected format ({schema['description']})"
+    if error.validator in _SIZE_WORDS and isinstance(error.instance, (list, dict, str)):
+        # jsonschema writes the whole value first ("[{}, {}, ...] is too long"): for a long
+        # one the reason was cut off at the message limit. Say its size instead.
+        unit, bound = _SIZE_WORDS[error.validator]
+        return f"{len(error.instance)} {unit}, {bound} {error.validator_value}"
     return error.message
+
+
+#: Size keywords -> (what is counted, the bound's word), for short messages.
+_SIZE_WORDS = {
+    "maxItems": ("items", "at most"),
+    "minItems": ("items", "at least"),
+    "maxProperties": ("properties", "at most"),
+    "minProperties": ("properties", "at least"),
+    "maxLength": ("characters", "at most"),
+    "minLength": ("characters", "at least"),
+}
+#: Errors the detailed pass looks at before it picks the best one. A crafted document can hold
+#: tens of thousands of errors (every item of a 64 KB array): all of them cost over a second
+#: of the worker's one thread, a few dozen cost well under a millisecond.
+MAX_ERRORS_SEARCHED = 32
 
 
 def _non_finite(doc: Any) -> str | None:
@@ -227,7 +248,7 @@ def first_error(doc: dict, finite: bool = False) -> str | None:
     else:
         message = None if finite else _non_finite(doc)
         return _short(message) if message else None
-    error = best_match(validator.iter_errors(doc))
+    error = best_match(itertools.islice(validator.iter_errors(doc), MAX_ERRORS_SEARCHED))
     if error is not None:
         return _short(f"{_format_path(error.absolute_path)}: {_message(error)}")
     message = _non_finite(doc)

@@ -137,6 +137,26 @@ def test_schema_violation_negative_total():
     assert reason_of(raw(good_order(total=-5.0))) == "schema_violation"
 
 
+@pytest.mark.parametrize("item", [{}, 1, []])
+def test_a_huge_invalid_array_is_reported_by_its_size_after_a_bounded_search(item, monkeypatch):
+    """64 KB of array items, each one invalid: jsonschema's detailed pass would list every
+    item's errors (87,041 for [{}] * 21,760, over a second of the worker's thread) and its
+    message starts with the whole array, so the limit cut the reason off."""
+    from streamer import contracts
+
+    consumed = []
+    real_best_match = contracts.best_match
+    monkeypatch.setattr(contracts, "best_match", lambda errors: real_best_match(consumed.append(list(errors)) or iter(consumed[-1])))
+    doc = good_order()
+    doc["data"]["products"] = [item] * 20_000
+    value = raw(doc)
+    assert len(value) <= LIMITS.max_event_bytes
+    with pytest.raises(InvalidEvent) as info:
+        decode(value, "orders", b"cust-1", LIMITS, WALL)
+    assert (info.value.reason, info.value.detail) == ("schema_violation", "data.products: 20000 items, at most 200")
+    assert 0 < len(consumed[0]) <= contracts.MAX_ERRORS_SEARCHED
+
+
 def test_schema_violation_unknown_data_property_names_the_path():
     doc = good_order()
     doc["data"]["totl"] = 5
