@@ -183,6 +183,10 @@ class ScoringConfig:
     #: Orders kept individually per customer (for refunds and windows); older ones are folded
     #: into aggregates so state stays bounded for very frequent buyers.
     max_orders_kept: int = 100
+    #: Refunds kept individually per customer, over its kept orders and orders not seen yet
+    #: (refunds leave with their order when it is folded): a refund past this goes to
+    #: dead-letter, so a flood of refunds cannot grow a state past what Kafka takes.
+    max_refunds_kept: int = 200
     #: Recent event ids remembered per customer for de-duplication of non-order events.
     dedup_ids_kept: int = 32
     #: Segment families on, beyond lifecycle and value tier (see streamer.core.families).

@@ -409,7 +409,10 @@ class Engine:
                 result.duplicate = True
                 return result
             before = state
-            state = apply(state, event, self.config)
+            try:
+                state = apply(state, event, self.config)
+            except InvalidEvent as exc:  # valid alone, refused by the customer's state (limits)
+                return self._reject(record, exc.reason, exc.detail, result)
             pending = Result()
             self._evaluate(state, clock.now, {"event_id": event.id, "event_type": event.type}, clock, pending, before)
             store.put(event.customer, state)

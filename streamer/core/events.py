@@ -41,6 +41,10 @@ def parse_time(value: str) -> float:
     return parsed.timestamp()
 
 
+#: Longest customer id (the record key and ``subject``), in bytes of UTF-8.
+MAX_CUSTOMER_ID_BYTES = 128
+
+
 def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits, wall_now: float) -> Event:
     """Turn one record's bytes into an :class:`Event`, or raise :class:`InvalidEvent`.
 
@@ -71,7 +75,12 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     if error is not None:
         raise InvalidEvent("schema_violation", error)
 
-    if key != subject.encode():
+    customer_id = subject.encode()
+    if len(customer_id) > MAX_CUSTOMER_ID_BYTES:
+        # The schema counts characters (128); ids are keys, labels of nothing, and looked up
+        # by the query API in bytes: 128 emoji would be 512 bytes no query could name.
+        raise InvalidEvent("schema_violation", f"subject: a customer id has at most {MAX_CUSTOMER_ID_BYTES} bytes in UTF-8, this one {len(customer_id)}")
+    if key != customer_id:
         # The key decides the partition, and the partition decides which state a customer's
         # events meet: a mismatch (or no key, which producers spread over partitions) would
         # split one customer's state across partitions.

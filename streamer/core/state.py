@@ -20,6 +20,7 @@ import zstandard
 
 from streamer.core.config import DAY, ScoringConfig
 from streamer.core.events import Event
+from streamer.errors import InvalidEvent
 
 STATE_VERSION = 1
 #: Archived order ids remembered for de-duplication: redeliveries come soon after the
@@ -226,14 +227,27 @@ class CustomerState:
         )
 
 
+def event_key(event: Event) -> str:
+    """What identifies an event for de-duplication: its id is unique per ``source`` only
+    (CloudEvents), so two producers may both send id ``42``. A source has no whitespace
+    (envelope schema), so the space keeps the pair unambiguous."""
+    return f"{event.source} {event.id}"
+
+
 def is_duplicate(state: CustomerState, event: Event) -> bool:
-    """True when ``event`` has already been applied to ``state``."""
+    """True when ``event`` has already been applied to ``state``.
+
+    Keys are (source, id) pairs; states written before that kept bare ids, which still
+    match here until they age out (a redelivery comes soon after the original)."""
     if event.type == "Order Completed":
         order_id = event.data["order_id"]
         return order_id in state.orders or order_id in state.archived_ids
+    key = event_key(event)
     if event.type == "Order Refunded":
-        return event.id in state.refunds.get(event.data["order_id"], ())
-    return event.id in state.seen
+        by_event = state.refunds.get(event.data["order_id"], ())
+        # A refund of an order already folded into the archive is remembered in ``seen``.
+        return key in by_event or event.id in by_event or key in state.seen
+    return key in state.seen or event.id in state.seen
 
 
 def apply(state: CustomerState, event: Event, config: ScoringConfig) -> CustomerState:
@@ -250,11 +264,15 @@ def apply(state: CustomerState, event: Event, config: ScoringConfig) -> Customer
     if handler is None:
         raise ValueError(f"no state handler for {event.type!r}")
     handler(new, event, config)
-    if event.type not in ("Order Completed", "Order Refunded"):
-        new.seen.append(event.id)
-        if len(new.seen) > config.dedup_ids_kept:
-            del new.seen[: len(new.seen) - config.dedup_ids_kept]
+    if event.type not in ("Order Completed", "Order Refunded"):  # those are keyed in orders / refunds
+        _remember(new, event_key(event), config)
     return new
+
+
+def _remember(state: CustomerState, key: str, config: ScoringConfig) -> None:
+    state.seen.append(key)
+    if len(state.seen) > config.dedup_ids_kept:
+        del state.seen[: len(state.seen) - config.dedup_ids_kept]
 
 
 def _order_completed(state: CustomerState, event: Event, config: ScoringConfig) -> None:
@@ -312,7 +330,32 @@ def is_void(order: list[float], refunds: dict[str, float] | None) -> bool:
 
 
 def _order_refunded(state: CustomerState, event: Event, config: ScoringConfig) -> None:
-    state.refunds.setdefault(event.data["order_id"], {})[event.id] = event.data["total"]
+    order_id, amount = event.data["order_id"], event.data["total"]
+    if order_id not in state.orders and order_id in state.archived_ids:
+        _refund_archived(state, amount)
+        _remember(state, event_key(event), config)  # no refunds entry to keep its key in
+        return
+    kept = sum(map(len, state.refunds.values()))
+    if kept >= config.max_refunds_kept:
+        raise InvalidEvent(
+            "absurd_value",
+            f"the customer already has {kept} refunds on kept orders and orders not seen yet (at most {config.max_refunds_kept})",
+        )
+    state.refunds.setdefault(order_id, {})[event_key(event)] = amount
+
+
+def _refund_archived(state: CustomerState, amount: float) -> None:
+    """A refund of an order already folded into the archive (a customer of more than
+    ``max_orders_kept`` orders): the order's own total and margin are gone, so the refund
+    comes off the archive's revenue (never below 0) and its margin at the archive's average
+    margin rate. Refunded before the fold, the same order would have been netted exactly."""
+    arch = state.archive
+    taken = min(amount, max(arch[1], 0.0))
+    if taken <= 0:
+        return
+    margin_rate = arch[2] / arch[1]
+    arch[1] -= taken
+    arch[2] -= taken * margin_rate
 
 
 def _email(state: CustomerState, event: Event, config: ScoringConfig) -> None:

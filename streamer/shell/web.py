@@ -19,13 +19,14 @@ import aiohttp
 import orjson
 
 from streamer.core import views
+from streamer.core.events import MAX_CUSTOMER_ID_BYTES
 from streamer.shell.agents import activity, broker_watch, engine, metrics
 from streamer.shell.app import app, settings
 from streamer.shell.tables import customers, store
 
 log = logging.getLogger(__name__)
 
-MAX_CUSTOMER_ID = 128  # as in the input contracts
+MAX_CUSTOMER_ID = MAX_CUSTOMER_ID_BYTES  # what decode() accepts
 PEER_TIMEOUT_S = 3.0
 
 

@@ -238,7 +238,8 @@ async def test_email_event_and_survey_update_state(sends, feed):
     assert state.email["last_engaged_at"] > 0
     assert state.survey["goal"] == "Drink less coffee, more tea"
     assert state.survey["preferences"] == ["green tea", "loose leaf", "organic"]
-    assert state.seen == ["esp-evt-100410", "survey-resp-88121"]
+    sources = [orjson.loads(raw)["source"] for raw in (opened, survey)]
+    assert state.seen == [f"{sources[0]} esp-evt-100410", f"{sources[1]} survey-resp-88121"]  # (source, id)
     assert state.orders == {}
 
     scores = [v for _, v in sent(sends["customer-scores"])]

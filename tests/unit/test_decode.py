@@ -157,6 +157,14 @@ def test_a_huge_invalid_array_is_reported_by_its_size_after_a_bounded_search(ite
     assert 0 < len(consumed[0]) <= contracts.MAX_ERRORS_SEARCHED
 
 
+def test_a_customer_id_is_at_most_128_bytes_not_only_128_characters():
+    at_limit, emoji = "c" * 128, "\U0001F600" * 128  # 128 characters each; the second is 512 bytes
+    assert decode(raw(order_doc(at_limit, T0 + 10 * DAY, "ORD-1")), "orders", at_limit.encode(), LIMITS, WALL).customer == at_limit
+    with pytest.raises(InvalidEvent) as info:
+        decode(raw(order_doc(emoji, T0 + 10 * DAY, "ORD-1")), "orders", emoji.encode(), LIMITS, WALL)
+    assert (info.value.reason, info.value.detail) == ("schema_violation", "subject: a customer id has at most 128 bytes in UTF-8, this one 512")
+
+
 def test_schema_violation_unknown_data_property_names_the_path():
     doc = good_order()
     doc["data"]["totl"] = 5

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from corekit import DAY, T0, email_doc, order_doc, parse, raw
+from corekit import DAY, T0, email_doc, envelope, order_doc, parse, raw
 
 from streamer import contracts
 from streamer.core import outputs
@@ -225,6 +225,25 @@ def test_reject_from_the_shell_keeps_the_contract_with_a_long_detail():
     assert len(doc["data"]["detail"]) == 256
     assert doc["data"]["detail"].startswith("RuntimeError: xxx")
     assert contracts.first_error(doc) is None
+
+
+def test_a_flood_of_refunds_is_dead_lettered_past_the_bound_and_the_state_stays_small():
+    """Refunds may name orders not seen yet (a late order), so nothing else bounded them: 5,000
+    made a stored state of ~1 MB, more than Kafka takes, and 43,000 one that no longer read
+    back (every later event of that customer, an erasure too, failed)."""
+    eng, store = engine(), DictStore()
+    eng.process(rec("orders", b"c-flood", raw(order_doc("c-flood", T0, "O1")), offset=0), store)
+    reasons = []
+    for i in range(250):
+        doc = envelope("Order Refunded", "c-flood", T0 + DAY, {"order_id": f"X{i}", "total": 1.0, "currency": "USD"}, f"rf-{i}")
+        result = eng.process(rec("orders", b"c-flood", raw(doc), offset=1 + i), store)
+        reasons.append(result.rejected)
+    kept = ScoringConfig().max_refunds_kept
+    assert reasons[:kept] == [None] * kept and set(reasons[kept:]) == {"absurd_value"}
+    assert sum(map(len, store.get("c-flood").refunds.values())) == kept
+    assert len(store.get("c-flood").to_bytes("none")) < 16_384
+    detail = orjson.loads(result.outgoing[0].value)["data"]["detail"]
+    assert f"at most {kept}" in detail
 
 
 def test_duplicates_produce_no_output():

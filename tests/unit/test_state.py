@@ -173,7 +173,7 @@ def test_same_order_id_under_another_event_id_is_a_duplicate():
 
 def test_refund_dedup_is_by_event_id():
     state = fold([order("o1", T0, 100.0, 30.0), refund("r1", "o1", T0 + DAY, 10.0), refund("r1", "o1", T0 + DAY, 10.0)])
-    assert state.refunds == {"o1": {"r1": 10.0}}
+    assert state.refunds == {"o1": {"/test r1": 10.0}}  # keyed by (source, id)
     state = apply(state, refund("r2", "o1", T0 + 2 * DAY, 10.0), CFG)
     f = compute(state, T0 + 3 * DAY, CFG)
     assert f.revenue == pytest.approx(80.0)
@@ -183,10 +183,56 @@ def test_seen_ids_are_bounded_newest_last():
     cfg = ScoringConfig(dedup_ids_kept=4)
     events = [other(f"e{i}", "Email Delivered", T0 + i, {"email_id": "m"}) for i in range(6)]
     state = fold(events, cfg)
-    assert state.seen == ["e2", "e3", "e4", "e5"]
+    assert state.seen == ["/test e2", "/test e3", "/test e4", "/test e5"]
     assert state.email["delivered"] == 6
     assert apply(state, events[5], cfg).email["delivered"] == 6
     assert not is_duplicate(state, events[0])  # evicted: the documented limit of the window
+
+
+def test_the_same_id_from_two_producers_is_two_events():
+    """Ids are unique per source (CloudEvents): the forum's post 42 is not the mail service's
+    open 42, nor the support desk's refund r-1 the shop's."""
+    opened = other("42", "Email Opened", T0, {"email_id": "m"})
+    posted = Event(id="42", type="Community Posted", time=T0 + 1, customer="c1", data={"post_id": "p", "topic": "t"}, source="/forum")
+    shop = refund("r-1", "o1", T0 + DAY, 10.0)
+    desk = Event(id="r-1", type="Order Refunded", time=T0 + DAY, customer="c1", data={"order_id": "o1", "total": 5.0}, source="/support")
+    state = fold([order("o1", T0, 100.0, 30.0), opened, posted, shop, desk])
+    assert state.email["opened"] == 1 and state.community["posts"] == 1
+    assert compute(state, T0 + 2 * DAY, CFG).revenue == pytest.approx(85.0)
+    assert all(is_duplicate(state, e) for e in (opened, posted, shop, desk))
+
+
+def test_bare_ids_of_states_written_before_source_keys_still_catch_a_redelivery():
+    state = fold([order("o1", T0, 100.0, 30.0)])
+    state.seen, state.refunds = ["e1"], {"o1": {"r1": 10.0}}  # as an earlier version stored them
+    assert is_duplicate(state, other("e1", "Email Opened", T0, {"email_id": "m"}))
+    assert is_duplicate(state, refund("r1", "o1", T0 + DAY, 10.0))
+
+
+def test_refunds_kept_are_bounded_and_the_one_past_the_bound_is_refused():
+    from streamer.errors import InvalidEvent
+
+    cfg = ScoringConfig(max_refunds_kept=3)
+    state = fold([order("o1", T0, 100.0, 30.0), *(refund(f"r{i}", f"never-seen-{i}", T0 + i, 1.0) for i in range(3))], cfg)
+    with pytest.raises(InvalidEvent) as refused:
+        apply(state, refund("r9", "o1", T0 + DAY, 1.0), cfg)
+    assert refused.value.reason == "absurd_value" and "at most 3" in refused.value.detail
+    assert sum(map(len, state.refunds.values())) == 3
+
+
+def test_a_refund_of_an_archived_order_comes_off_the_archive():
+    """Refunded after its order was folded (more than max_orders_kept orders), the refund
+    used to be kept under the order's id and never counted."""
+    orders = [order(f"o{i}", T0 + i * DAY, 100.0, 30.0) for i in range(7)]
+    late = refund("r0", "o0", T0 + 10 * DAY, 40.0)
+    early = fold([orders[0], refund("r0", "o0", T0 + 0.5 * DAY, 40.0), *orders[1:]], SMALL)
+    after = fold([*orders, late], SMALL)
+    assert "o0" in after.archived_ids and "o0" not in after.refunds
+    f_after, f_early = compute(after, T0 + 20 * DAY, SMALL), compute(early, T0 + 20 * DAY, SMALL)
+    # The same margin rate on every order: the archive's average is the order's own.
+    assert (f_early.revenue, f_early.margin) == pytest.approx((660.0, 198.0))
+    assert (f_after.revenue, f_after.margin) == pytest.approx((660.0, 198.0))
+    assert is_duplicate(after, late) and apply(after, late, SMALL) is after
 
 
 def test_unknown_type_raises():
