@@ -396,7 +396,8 @@ def evaluate_simulated(
         engine.advance_clock(partition, cut, store)
     model = engine.refit_population()
 
-    scored = sorted(c for c, state in store.data.items() if state.orders or state.archive[0])
+    # Customers with a purchase at the cut: an order refunded in full is none.
+    scored = sorted(c for c, state in store.data.items() if features_mod.compute(state, cut, config).orders)
     index = {c: i for i, c in enumerate(scored)}
     days: list[set] = [set() for _ in scored]
     spend = np.zeros(len(scored))
