@@ -41,6 +41,15 @@ def test_a_file_changes_only_what_it_names():
     assert config.triggers["onboarding"].days == (0.0, 2.0) and config.triggers["onboarding"].channel == "email"
 
 
+def assert_problems(doc: dict, *expected: str) -> None:
+    """``doc`` is refused with a message that lists every one of ``expected``."""
+    with pytest.raises(ConfigError) as caught:
+        rules.parse(doc)
+    message = str(caught.value)
+    for line in expected:
+        assert line in message, (line, message)
+
+
 def test_every_problem_is_reported_with_its_path():
     doc = {
         "scores": {"annual_discount_rate": "ten percent"},
@@ -52,10 +61,8 @@ def test_every_problem_is_reported_with_its_path():
         "triggers": {"onboarding": {"steps_days": [0, 7, 3], "channel": "sms"}, "vip": {}, "overdue": {"factor": -1}},
         "extra": 1,
     }
-    with pytest.raises(ConfigError) as caught:
-        rules.parse(doc)
-    message = str(caught.value)
-    for expected in (
+    assert_problems(
+        doc,
         "extra: unknown key",
         "scores.annual_discount_rate: expected a number, got 'ten percent'",
         "segments.families: unknown 'loyalty'",
@@ -66,8 +73,7 @@ def test_every_problem_is_reported_with_its_path():
         "triggers.onboarding.channel: expected one of email, onsite, any, got 'sms'",
         "triggers.onboarding.steps_days: steps must be in increasing order",
         "triggers.overdue.factor: must be greater than 0, got -1",
-    ):
-        assert expected in message, (expected, message)
+    )
 
 
 def test_advocate_tiers_must_exist_and_booleans_are_not_numbers():
@@ -89,17 +95,14 @@ def test_a_file_whose_rules_could_never_fire_is_refused():
             "goal": {"categories": {"studio": ["home studio", "mixing-desk", "studio"]}},
         }
     }
-    with pytest.raises(ConfigError) as caught:
-        rules.parse(doc)
-    message = str(caught.value)
-    for expected in (
+    assert_problems(
+        doc,
         "segments.churn_band.scores: unknown 'churn_rsk' (did you mean 'churn_risk'?)",
         "segments.goal.categories.studio: keywords are single words of letters and digits; 'home studio', 'mixing-desk' would never match",
         "triggers.reactivation: needs the 'churn_band' family in segments.families",
         "triggers.advocate_invitation: needs the 'community' family in segments.families",
         "triggers.advocate_invitation.value_tiers: names tiers 'top', 'high' that segments.value_tier.tiers does not have (vip, mid, low)",
-    ):
-        assert expected in message, (expected, message)
+    )
     # The same file is fine once the triggers that cannot work are off or pointed right.
     doc["segments"]["churn_band"]["scores"] = ["churn_risk_learned", "churn_risk"]
     doc["segments"]["goal"]["categories"]["studio"] = ["studio", "mixing"]
