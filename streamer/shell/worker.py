@@ -50,6 +50,9 @@ def run() -> None:
 
         mode.loop.use("uvloop")
     asyncio.run(wait_for_broker(settings))
+    from streamer.shell.no_auto_create import forbid_auto_create
+
+    forbid_auto_create()  # from here on only the worker's own code creates topics
     from streamer.shell import agents, web  # noqa: F401  (registers agents, tables, pages)
 
     from streamer.settings import LOG_LEVELS
