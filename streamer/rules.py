@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
-from streamer.core.config import TRIGGER_NAMES, GoalRule, ScoringConfig, TriggerRule
+from streamer.core.config import TRIGGER_NAMES, GoalRule, ScoringConfig, TriggerRule, day_function
 from streamer.core.families import CHURN_SCORES, FAMILIES, WORD
 from streamer.errors import ConfigError
 
@@ -65,6 +65,19 @@ def _strings(p: _Problems, path: str, value: Any, allowed: tuple[str, ...] | Non
     return tuple(value)
 
 
+def _timezone(p: _Problems, path: str, value: Any) -> str | None:
+    """An IANA time zone name the tz database knows."""
+    if not isinstance(value, str) or not value:
+        p.add(path, f"expected a time zone name such as 'Europe/Berlin', got {value!r}")
+        return None
+    try:
+        day_function(value)
+    except ValueError as exc:
+        p.add(path, str(exc))
+        return None
+    return value
+
+
 def _bands(p: _Problems, path: str, value: Any, high: float | None = None) -> tuple[tuple[str, float], ...] | None:
     if not isinstance(value, dict) or not value:
         p.add(path, f"expected a table of name = lowest value, got {value!r}")
@@ -108,6 +121,7 @@ _SCORES: dict[str, tuple[str, Checker]] = {
     "prior_interval_days": ("prior_interval_days", lambda p, k, v: _number(p, k, v, 1.0)),
     "btyd_horizon_days": ("btyd_horizon_days", lambda p, k, v: _number(p, k, v, 1.0)),
     "learn_horizon_days": ("learn_horizon_days", lambda p, k, v: _number(p, k, v, 1.0)),
+    "purchase_day_timezone": ("purchase_day_timezone", lambda p, k, v: _timezone(p, k, v)),
 }
 _LIFECYCLE: dict[str, tuple[str, Checker]] = {
     "at_risk_threshold": ("at_risk_threshold", lambda p, k, v: _number(p, k, v, 0.0, 0.999, open_low=True)),
@@ -297,7 +311,8 @@ def describe(config: ScoringConfig) -> list[str]:
     """What a rules file sets, one line per family and trigger, for `streamer config check`."""
     lines = [
         f"scores: discount {config.annual_discount_rate:g}/year, lifetime {config.expected_lifetime_years:g} years, "
-        f"BTYD horizon {config.btyd_horizon_days:g} days, learning horizon {config.learn_horizon_days:g} days",
+        f"BTYD horizon {config.btyd_horizon_days:g} days, learning horizon {config.learn_horizon_days:g} days, "
+        f"purchase days in {config.purchase_day_timezone}",
         f"lifecycle: at_risk at churn risk {config.at_risk_threshold:g}, lapsed after {config.lapse_days:g} days, "
         f"loyal at {config.loyal_orders} purchase days in {config.loyal_window_days:g}",
         "value_tier: " + ", ".join(f"{n} ≥ {q:g}" for n, q in config.value_tiers) + f" (hysteresis {config.value_tier_hysteresis:g})",

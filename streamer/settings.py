@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 from streamer import kafka_security, rules
 from streamer.kafka_security import KafkaSecurity
@@ -63,6 +63,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "DISCOUNT_RATE": ("0.10", "*Override.* Annual discount rate of the formula CLV."),
     "LIFETIME_YEARS": ("3", "*Override.* Expected relationship duration (years) of the formula CLV."),
     "PRIOR_INTERVAL_DAYS": ("90", "*Override.* Prior days between purchases for customers with few orders."),
+    "PURCHASE_DAY_TIMEZONE": ("UTC", "*Override.* The shop's time zone (IANA name, e.g. `America/New_York`): purchase days, which count same-day orders as one purchase, are calendar days there (daylight saving time followed)."),
     "AT_RISK_THRESHOLD": ("0.6", "*Override.* Churn risk at which a customer becomes `at_risk`."),
     "LAPSE_DAYS": ("365", "*Override.* Days without an order after which a customer is `lapsed`."),
     "LOYAL_ORDERS": ("3", "*Override.* Purchase days within LOYAL_WINDOW_DAYS that make a customer `loyal`."),
@@ -186,10 +187,11 @@ class Settings:
 #: Variables that override a key of the rules file: name -> (section, key, cast). The value is
 #: checked by the rules file's own checks (finite, the same bounds), so a setting cannot be
 #: given in the environment that the file would refuse.
-OVERRIDES: dict[str, tuple[str, str, Callable[[str], float]]] = {
+OVERRIDES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "DISCOUNT_RATE": ("scores", "annual_discount_rate", float),
     "LIFETIME_YEARS": ("scores", "expected_lifetime_years", float),
     "PRIOR_INTERVAL_DAYS": ("scores", "prior_interval_days", float),
+    "PURCHASE_DAY_TIMEZONE": ("scores", "purchase_day_timezone", str),
     "BTYD_HORIZON_DAYS": ("scores", "btyd_horizon_days", float),
     "LEARN_HORIZON_DAYS": ("scores", "learn_horizon_days", float),
     "AT_RISK_THRESHOLD": ("segments.lifecycle", "at_risk_threshold", float),
@@ -216,7 +218,7 @@ def _scoring() -> ScoringConfig:
             inner = doc
             for part in section.split("."):
                 inner = inner.setdefault(part, {})
-            inner[key] = cast(_number(name, cast))
+            inner[key] = _env(name) if cast is str else cast(_number(name, cast))
             try:
                 config = rules.parse(doc, base=config)
             except ConfigError as exc:

@@ -7,12 +7,71 @@ benchmarks can build a config without touching ``os.environ``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
+from datetime import datetime
+from functools import lru_cache
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY = 86_400.0
 YEAR_DAYS = 365.25
+
+#: A function of epoch seconds giving the calendar day (days since 1970-01-01) they fall on.
+DayOf = Callable[[float], float]
+
+
+def utc_day(t: float) -> float:
+    """The UTC calendar day of epoch seconds ``t``: days since 1970-01-01.
+
+    >>> utc_day(0.0), utc_day(86_399.9), utc_day(86_400.0)
+    (0.0, 0.0, 1.0)
+    """
+    return t // DAY
+
+
+#: Offsets are cached per quarter hour of UTC time; one whose offset differs at its two ends
+#: (a transition inside it) is looked up for each time instead, so the day is always exact.
+_BUCKET_S = 900.0
+
+
+@lru_cache(maxsize=32)
+def day_function(timezone: str) -> DayOf:
+    """The calendar day of epoch seconds in ``timezone`` (an IANA name), as days since
+    1970-01-01 on that zone's calendar: what "a purchase day" means for a shop there. Daylight
+    saving time is followed. Raises ValueError for an unknown zone.
+
+    >>> new_york = day_function("America/New_York")
+    >>> t = 1_709_337_600.0  # 2024-03-02 00:00 UTC, 2024-03-01 19:00 in New York
+    >>> utc_day(t) - utc_day(t - 1200), new_york(t) - new_york(t - 1200)  # orders at 18:40 and 19:00
+    (1.0, 0.0)
+    >>> day_function("UTC") is utc_day
+    True
+    """
+    if timezone in ("UTC", "Etc/UTC"):
+        return utc_day  # the default, and the fast path: no offset to look up
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {timezone!r} (an IANA name such as 'Europe/Berlin')") from None
+
+    def offset_at(t: float) -> float:
+        offset = datetime.fromtimestamp(t, zone).utcoffset()
+        return offset.total_seconds() if offset is not None else 0.0
+
+    @lru_cache(maxsize=65_536)
+    def bucket_offset(bucket: int) -> float | None:
+        """The offset throughout one quarter hour, or None if it changes within it."""
+        start = bucket * _BUCKET_S
+        first = offset_at(start)
+        return first if offset_at(start + _BUCKET_S - 1e-3) == first else None
+
+    def day_of(t: float) -> float:
+        offset = bucket_offset(int(t // _BUCKET_S))
+        if offset is None:
+            offset = offset_at(t)
+        return (t + offset) // DAY
+
+    return day_of
 
 
 @dataclass(frozen=True)
@@ -187,6 +246,9 @@ class ScoringConfig:
     #: (refunds leave with their order when it is folded): a refund past this goes to
     #: dead-letter, so a flood of refunds cannot grow a state past what Kafka takes.
     max_refunds_kept: int = 200
+    #: The shop's time zone (IANA name): purchase days, which count same-day orders as one
+    #: purchase, are calendar days there.
+    purchase_day_timezone: str = "UTC"
     #: Recent event ids remembered per customer for de-duplication of non-order events.
     dedup_ids_kept: int = 32
     #: Segment families on, beyond lifecycle and value tier (see streamer.core.families).
@@ -197,3 +259,8 @@ class ScoringConfig:
     goal: GoalRule = field(default_factory=GoalRule)
     advocate: AdvocateRule = field(default_factory=AdvocateRule)
     triggers: Mapping[str, TriggerRule] = field(default_factory=default_triggers)
+
+    @property
+    def day_of(self) -> DayOf:
+        """Epoch seconds -> the purchase day they fall on (``purchase_day_timezone``)."""
+        return day_function(self.purchase_day_timezone)

@@ -47,7 +47,7 @@ def default_scorers(config: ScoringConfig) -> list[Scorer]:
     """Formula scores, buy-till-you-die (BG/NBD + Gamma-Gamma) over the configured horizon, then
     the online learners that correct it with delayed labels."""
     btyd = BTYDScorer(config.btyd_horizon_days, config.annual_discount_rate)
-    return [FormulaScorer(config), btyd, LearnedScorer(btyd, config.learn_horizon_days)]
+    return [FormulaScorer(config), btyd, LearnedScorer(btyd, config.learn_horizon_days, day_of=config.day_of)]
 
 
 @dataclass(slots=True)

@@ -86,14 +86,14 @@ def engagement(state: CustomerState, f: Features, scores: dict[str, float], conf
     last = email.get("last_engaged_at")
     if last is not None and f.now - last < window:
         return Decision(
-            Assignment("engaged", f"opened or clicked an email on {format_date(last)}, within {rule.window_days:.0f} days"),
+            Assignment("engaged", f"opened or clicked an email on {format_date(last, config.day_of)}, within {rule.window_days:.0f} days"),
             last + window + TIMER_SLACK_S,
         )
     if last is None:
         started = email.get("first_at", f.now)
         if f.now - started < rule.grace_days * DAY:
             return Decision(Assignment(current, "new recipient, not engaged yet"), started + rule.grace_days * DAY + TIMER_SLACK_S)
-        return Decision(Assignment("dormant", f"no open or click since emails began on {format_date(started)}"))
+        return Decision(Assignment("dormant", f"no open or click since emails began on {format_date(started, config.day_of)}"))
     return Decision(Assignment("dormant", f"no open or click for {(f.now - last) / DAY:.0f} days"))
 
 
@@ -109,7 +109,7 @@ def community(state: CustomerState, f: Features, scores: dict[str, float], confi
     active_for = rule.super_user_active_days * DAY
     if actions >= rule.super_user_actions and last is not None and f.now - last < active_for:
         return Decision(
-            Assignment("super_user", f"{actions} contributions, the latest on {format_date(last)}"), last + active_for + TIMER_SLACK_S
+            Assignment("super_user", f"{actions} contributions, the latest on {format_date(last, config.day_of)}"), last + active_for + TIMER_SLACK_S
         )
     if actions >= rule.contributor_actions:
         quiet = f" (no contribution for {rule.super_user_active_days:.0f} days)" if actions >= rule.super_user_actions else ""

@@ -10,7 +10,7 @@ import math
 from operator import attrgetter
 from dataclasses import dataclass, fields
 
-from streamer.core.config import DAY, YEAR_DAYS, ScoringConfig
+from streamer.core.config import DAY, YEAR_DAYS, DayOf, ScoringConfig
 from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_DISCOUNT, O_FLAGS, O_MARGIN, O_TIME, O_TOTAL, CustomerState, net_of_refunds
 
 
@@ -86,6 +86,7 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
     times: list[float] = []
     flags = 0
     totals_by_day: dict[float, list[float]] = {}
+    day_of = config.day_of  # purchase days are the shop's calendar days
     refunds = state.refunds
     for order_id, order in state.orders.items():
         by_event = refunds.get(order_id) if refunds else None
@@ -96,9 +97,10 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         else:
             total, order_margin = order[O_TOTAL], order[O_MARGIN]
         t = order[O_TIME]
-        day_totals = totals_by_day.get(t // DAY)
+        day = day_of(t)
+        day_totals = totals_by_day.get(day)
         if day_totals is None:
-            totals_by_day[t // DAY] = [total]
+            totals_by_day[day] = [total]
         else:
             day_totals.append(total)
         totals.append(total)
@@ -111,7 +113,7 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
     value_by_day = {day: values[0] if len(values) == 1 else math.fsum(values) for day, values in totals_by_day.items()}
 
     transactions = len(totals_by_day) + int(arch[4])
-    if archived and totals_by_day and min(totals_by_day) == arch[6] // DAY:
+    if archived and totals_by_day and min(totals_by_day) == day_of(arch[6]):
         transactions -= 1  # the archive's last day is also a kept day
     first: float | None
     last: float | None
@@ -125,13 +127,14 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         first = last = None
     # The purchase day before the last one marks a reactivation when the gap is a lapse. The
     # gap is measured from that day's latest order, like the lapse timer (last order + lapse).
-    latest_of_day = _latest_per_day([*times, arch[6]] if archived else times)
+    # The archive adds its last day and the one before it (its other days are older still).
+    latest_of_day = _latest_per_day([*times, arch[6], arch[8]] if arch[8] else [*times, arch[6]] if archived else times, day_of)
     previous = latest_of_day[sorted(latest_of_day)[-2]] if len(latest_of_day) >= 2 else None
 
     # Loyalty counts purchase days, like frequency: three items bought in one sitting are
     # one visit, not loyalty. Each day is represented by its latest order time.
     window_start = now - config.loyal_window_days * DAY
-    in_window = _latest_per_day([t for t in times if window_start < t <= now])
+    in_window = _latest_per_day([t for t in times if window_start < t <= now], day_of)
     loyal_until = None
     if len(in_window) >= config.loyal_orders:
         recent = sorted(in_window.values(), reverse=True)
@@ -171,7 +174,7 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
         community_actions=int(sum(v for key, v in community.items() if key in _COMMUNITY_ACTIONS)),
         referrals=int(community.get("referrals", 0)),
         has_survey=bool(state.survey),
-        repeat_mean_value=_repeat_mean_value(value_by_day, arch, repeats),
+        repeat_mean_value=_repeat_mean_value(value_by_day, arch, repeats, day_of),
         emails_delivered=int(email.get("delivered", 0)),
         email_first_at=email.get("first_at"),
         email_engaged_at=email.get("last_engaged_at"),
@@ -179,23 +182,23 @@ def compute(state: CustomerState, now: float, config: ScoringConfig) -> Features
     )
 
 
-def _latest_per_day(times: list[float]) -> dict[float, float]:
+def _latest_per_day(times: list[float], day_of: DayOf) -> dict[float, float]:
     """day -> the latest of ``times`` on that day."""
     latest: dict[float, float] = {}
     for t in times:
-        day = t // DAY
+        day = day_of(t)
         if t > latest.get(day, -math.inf):
             latest[day] = t
     return latest
 
 
-def _repeat_mean_value(value_by_day: dict[float, float], arch: list[float], repeats: int) -> float:
+def _repeat_mean_value(value_by_day: dict[float, float], arch: list[float], repeats: int, day_of: DayOf) -> float:
     """Mean value of the purchase days after the first (the first purchase is excluded, as
     in the Gamma-Gamma spend model). With archived orders the first day is in the archive."""
     if repeats <= 0:
         return 0.0
     if arch[0]:
-        first_day = arch[5] // DAY
+        first_day = day_of(arch[5])
         first_value = arch[7] + value_by_day.get(first_day, 0.0)
         total = math.fsum([arch[1], *value_by_day.values()])
     else:

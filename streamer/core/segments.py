@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
 
-from streamer.core.config import DAY, Bands, ScoringConfig
+from streamer.core.config import DAY, Bands, DayOf, ScoringConfig, utc_day
 from streamer.core.features import Features
 from streamer.core.scoring import days_until_risk
 from streamer.core.value_ranks import PartitionRanks
@@ -32,14 +32,17 @@ class Assignment:
     reason: str
 
 
-def format_date(t: float) -> str:
-    """The UTC date of epoch seconds ``t``, e.g. ``"2024-03-01"`` (reasons name dates often:
-    one cached string per day instead of a datetime per call).
+def format_date(t: float, day_of: DayOf = utc_day) -> str:
+    """The date of epoch seconds ``t`` on the shop's calendar (``day_of``: UTC unless given),
+    e.g. ``"2024-03-01"`` (reasons name dates often: one cached string per day instead of a
+    datetime per call).
 
     >>> format_date(1709251200.0), format_date(1709337599.9)
     ('2024-03-01', '2024-03-01')
+    >>> format_date(1709337599.9, ScoringConfig(purchase_day_timezone="Asia/Tokyo").day_of)
+    '2024-03-02'
     """
-    return _date_of_day(int(t // 86400))
+    return _date_of_day(int(day_of(t)))
 
 
 @lru_cache(maxsize=4096)
@@ -55,7 +58,7 @@ def lifecycle(f: Features, scores: dict[str, float], config: ScoringConfig) -> A
     if f.orders == 0 or f.last_order_at is None:
         return Assignment(None, "no orders")
     if f.recency_days >= config.lapse_days:
-        return Assignment("lapsed", f"no order for {f.recency_days:.0f} days (last on {format_date(f.last_order_at)})")
+        return Assignment("lapsed", f"no order for {f.recency_days:.0f} days (last on {format_date(f.last_order_at, config.day_of)})")
     risk = scores["churn_risk"]
     if risk >= config.at_risk_threshold:
         return Assignment(

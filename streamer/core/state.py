@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from streamer.core.config import DAY, ScoringConfig
+from streamer.core.config import DayOf, ScoringConfig
 from streamer.core.events import Event
 from streamer.errors import InvalidEvent
 
@@ -125,8 +125,9 @@ class CustomerState:
     refunds: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Orders folded out of ``orders`` when more than ``max_orders_kept``:
     #: [orders, revenue, margin, discount, distinct days, first time, last time,
-    #:  value of the first purchase day]
-    archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0])
+    #:  value of the first purchase day, latest time on the purchase day before the last one
+    #:  (0: none, or a state stored before it was kept)]
+    archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0])
     #: Ids of the most recently archived orders, so their redelivery is still recognised.
     archived_ids: list[str] = field(default_factory=list)
     email: dict[str, Any] = field(default_factory=dict)
@@ -193,6 +194,8 @@ class CustomerState:
         if version != STATE_VERSION:
             raise ValueError(f"unsupported state version {version}")
         doc["customer"] = sys.intern(doc["customer"])  # see streamer.core.events.decode
+        if len(doc["archive"]) == 8:  # stored before the archive kept its previous purchase day
+            doc["archive"].append(0.0)
         return cls(**doc)
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,10 +283,10 @@ def _order_completed(state: CustomerState, event: Event, config: ScoringConfig) 
     flags = (FLAG_BASIC if data["basic"] else 0) | (FLAG_ADVANCED if data["advanced"] else 0)
     state.orders[data["order_id"]] = [event.time, data["total"], data["margin"], data["discount"], flags]
     if len(state.orders) > config.max_orders_kept:
-        _fold_oldest(state)
+        _fold_oldest(state, config.day_of)
 
 
-def _fold_oldest(state: CustomerState) -> None:
+def _fold_oldest(state: CustomerState, day_of: DayOf) -> None:
     """Move the oldest kept order into the archive aggregates, net of its refunds."""
     order_id = min(state.orders, key=lambda oid: (state.orders[oid][O_TIME], oid))
     order = state.orders.pop(order_id)
@@ -295,11 +298,13 @@ def _fold_oldest(state: CustomerState) -> None:
         return  # returned: nothing to add up (its id is kept above, for de-duplication)
     total, margin = net_of_refunds(order, refunds)
     arch = state.archive
-    day = order[O_TIME] // DAY
+    day = day_of(order[O_TIME])
     # The archive counts the distinct days of *its* orders. Folding goes oldest first, so a
     # folded order is on the archive's last day or a later one; only that last day can also
     # be a kept day, which features.compute subtracts once.
-    new_day = arch[4] == 0 or day != arch[6] // DAY
+    new_day = arch[4] == 0 or day != day_of(arch[6])
+    if new_day and arch[4]:
+        arch[8] = arch[6]  # the archive's last day becomes its day before the last one
     arch[0] += 1
     arch[1] += total
     arch[2] += margin
@@ -307,7 +312,7 @@ def _fold_oldest(state: CustomerState) -> None:
     arch[4] += 1 if new_day else 0
     arch[5] = order[O_TIME] if arch[0] == 1 else min(arch[5], order[O_TIME])
     arch[6] = max(arch[6], order[O_TIME])
-    if day == arch[5] // DAY:
+    if day == day_of(arch[5]):
         arch[7] += total  # the first purchase day's value (Gamma-Gamma leaves it out)
 
 

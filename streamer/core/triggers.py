@@ -79,9 +79,9 @@ def first_basic_since_advanced(state: CustomerState) -> float | None:
     return min(basics) if basics else None
 
 
-def _onboarding_reason(step: int, steps: int, days: float, first_order_at: float) -> Callable[[], str]:
+def _onboarding_reason(step: int, steps: int, days: float, first_order_at: float, config: ScoringConfig) -> Callable[[], str]:
     def reason() -> str:
-        return f"onboarding step {step} of {steps}: {days:g} days after the first order on {format_date(first_order_at)}"
+        return f"onboarding step {step} of {steps}: {days:g} days after the first order on {format_date(first_order_at, config.day_of)}"
 
     return reason
 
@@ -92,14 +92,14 @@ def due_moments(name: str, rule: TriggerRule, state: CustomerState, f: Features,
         return []
     if name == "onboarding":
         return [
-            Due(f.first_order_at + days * DAY, _onboarding_reason(i, len(rule.days), days, f.first_order_at), i)
+            Due(f.first_order_at + days * DAY, _onboarding_reason(i, len(rule.days), days, f.first_order_at, config), i)
             for i, days in enumerate(rule.days, start=1)
         ]
     if name == "upsell_advanced":
         started = first_basic_since_advanced(state)
         if started is None or not rule.days:
             return []
-        return [Due(started + rule.days[0] * DAY, lambda: f"{rule.days[0]:g} days on a basic product (since {format_date(started)}) and no advanced one")]
+        return [Due(started + rule.days[0] * DAY, lambda: f"{rule.days[0]:g} days on a basic product (since {format_date(started, config.day_of)}) and no advanced one")]
     if name == "survey_request":
         if f.has_survey or not rule.days:
             return []

@@ -11,7 +11,7 @@ models learn from it after scoring it (progressive validation).
 
 from __future__ import annotations
 
-from streamer.core.config import DAY
+from streamer.core.config import DAY, DayOf, utc_day
 from streamer.core.features import Features
 from streamer.core.state import CustomerState
 from streamer.models.online import DelayedLabelLearner, Snapshot, feature_vector, label_from_orders, order_times_and_values
@@ -49,8 +49,11 @@ class LearnedScorer:
 
     name = "online"
 
-    def __init__(self, btyd: BTYDScorer, horizon_days: float = 90.0, learner: DelayedLabelLearner | None = None) -> None:
+    def __init__(
+        self, btyd: BTYDScorer, horizon_days: float = 90.0, learner: DelayedLabelLearner | None = None, day_of: DayOf = utc_day
+    ) -> None:
         self.btyd = btyd
+        self.day_of = day_of  # the shop's purchase days (ScoringConfig.day_of), for the labels
         btyd.extra_horizon = horizon_days  # computed with every BTYD score: inputs() reuses it
         self.horizon_days = horizon_days
         self.learner = learner or DelayedLabelLearner(horizon_s=horizon_days * DAY)
@@ -93,7 +96,7 @@ class LearnedScorer:
         # The correction is learned against the BG/NBD in force now, which is the one it will
         # be applied to (see Snapshot).
         snapshot = snapshot.reoffset(horizon_scores(self.btyd.model, *snapshot.history, self.horizon_days))
-        days, _spend = label_from_orders(order_times_and_values(state), snapshot.at, self.horizon_days * DAY)
+        days, _spend = label_from_orders(order_times_and_values(state), snapshot.at, self.horizon_days * DAY, self.day_of)
         return self.learner.learn(snapshot, days == 0, float(days), due)
 
     def remember(self, state: CustomerState, features: Features, now: float) -> None:

@@ -42,7 +42,7 @@ from typing import Any, Iterable
 
 from river import drift, linear_model, metrics, optim, preprocessing
 
-from streamer.core.config import DAY
+from streamer.core.config import DAY, DayOf, utc_day
 from streamer.core.features import Features
 from streamer.core.state import O_TIME, CustomerState, is_void, net_of_refunds
 
@@ -282,11 +282,13 @@ class Snapshot:
         return Snapshot(self.at, x, expected, self.history)
 
 
-def label_from_orders(order_times_and_values: Iterable[tuple[float, float]], start: float, horizon_s: float) -> tuple[int, float]:
+def label_from_orders(
+    order_times_and_values: Iterable[tuple[float, float]], start: float, horizon_s: float, day_of: DayOf = utc_day
+) -> tuple[int, float]:
     """(purchase days in ``(start, start + horizon_s]``, spend in that window).
 
-    Purchase days as everywhere in the project: orders on the same UTC day are one purchase,
-    while spend adds every order up.
+    Purchase days as everywhere in the project: orders on the same calendar day (``day_of``:
+    the shop's, ``ScoringConfig.day_of``) are one purchase, while spend adds every order up.
 
     >>> t0 = 100 * DAY
     >>> orders = [(t0, 10.0), (t0 + 3600, 20.0), (t0 + 3 * DAY, 5.0), (t0 + 3 * DAY + 60, 5.0), (t0 + 30 * DAY, 7.0)]
@@ -298,7 +300,7 @@ def label_from_orders(order_times_and_values: Iterable[tuple[float, float]], sta
     spend = 0.0
     for t, value in order_times_and_values:
         if start < t <= end:
-            days.add(t // DAY)
+            days.add(day_of(t))
             spend += value
     return len(days), spend
 

@@ -179,3 +179,12 @@ def test_a_worker_with_a_bad_setting_says_what_in_one_line_and_exits_2(env: dict
     )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_purchase_day_timezone_is_an_iana_zone():
+    assert rules.parse({"scores": {"purchase_day_timezone": "Europe/Berlin"}}).purchase_day_timezone == "Europe/Berlin"
+    assert_problems(
+        {"scores": {"purchase_day_timezone": "CET+1"}},
+        "scores.purchase_day_timezone: unknown time zone 'CET+1' (an IANA name such as 'Europe/Berlin')",
+    )
+    assert_problems({"scores": {"purchase_day_timezone": 5}}, "scores.purchase_day_timezone: expected a time zone name such as 'Europe/Berlin', got 5")

@@ -51,6 +51,7 @@ def test_every_setting_is_in_the_readme_table_as_documented() -> None:
         ("FX_RATES", "EURO=1.1", "FX_RATES item 'EURO=1.1': 'EURO' is not an ISO 4217 code"),
         ("WEB_PORT", "70000", "WEB_PORT='70000' must be at most 65535"),
         ("LOG_LEVEL", "verbose", "LOG_LEVEL='verbose': use one of debug, info, warning, error, critical"),
+        ("PURCHASE_DAY_TIMEZONE", "Eastern", "PURCHASE_DAY_TIMEZONE='Eastern': unknown time zone 'Eastern' (an IANA name such as 'Europe/Berlin') (rules file key scores.purchase_day_timezone)"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
@@ -60,10 +61,12 @@ def test_invalid_settings_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPa
 
 
 def test_overrides_within_bounds_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"DISCOUNT_RATE": "0.2", "LOYAL_ORDERS": "4", "VALUE_TIER_HYSTERESIS": "0.1", "VALUE_RANK_EXACT_LIMIT": "1000"}.items():
+    overrides = {"DISCOUNT_RATE": "0.2", "LOYAL_ORDERS": "4", "VALUE_TIER_HYSTERESIS": "0.1", "VALUE_RANK_EXACT_LIMIT": "1000", "PURCHASE_DAY_TIMEZONE": "America/New_York"}
+    for name, value in overrides.items():
         monkeypatch.setenv(name, value)
     scoring = settings.load().scoring
     assert (scoring.annual_discount_rate, scoring.loyal_orders, scoring.value_tier_hysteresis, scoring.value_rank_exact_limit) == (0.2, 4, 0.1, 1000)
+    assert scoring.purchase_day_timezone == "America/New_York" and scoring.day_of(1_735_689_600.0) == 20_088.0  # 2024-12-31 there
 
 
 @pytest.mark.parametrize(("value", "python", "faust"), [("warning", "warning", "warn"), ("WARN", "warning", "warn"), ("critical", "critical", "crit"), ("Debug", "debug", "debug"), ("", "info", "info")])

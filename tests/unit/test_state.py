@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import orjson
 import pytest
 from corekit import DAY, T0, assert_features_close, features_at, fold, order, other, refund
 from hypothesis import HealthCheck, given, settings
@@ -551,3 +552,22 @@ def test_states_deflated_with_zlibs_default_window_still_read_and_large_states_r
     assert len(orjson.dumps(big)) > 3 * 4096
     assert CustomerState.from_bytes(big.to_bytes("deflate")) == big
     assert CustomerState.from_bytes(big.to_bytes()) == big
+
+
+def test_the_purchase_day_before_the_last_survives_folding():
+    """Regression: the previous purchase day (it marks a reactivation after a lapse-length gap)
+    was lost when it was folded into the archive while the last day was partly kept."""
+    events = [order("o0", T0, 10.0, 1.0)] + [order(f"o{i}", T0 + DAY + i * 60, 10.0, 1.0) for i in range(1, 5)]
+    cfg = ScoringConfig(max_orders_kept=3)
+    folded, kept = compute(fold(events, cfg), T0 + 9 * DAY, cfg), compute(fold(events, BIG), T0 + 9 * DAY, BIG)
+    assert folded.previous_order_at == kept.previous_order_at == T0
+    assert folded.transactions == kept.transactions == 2
+
+
+def test_a_state_stored_before_the_archive_kept_its_previous_day_still_reads():
+    old = orjson.loads(CustomerState("c1").to_bytes("none"))
+    old["archive"] = [4, 40.0, 4.0, 0.0, 2, T0, T0 + DAY, 10.0]  # 8 fields, as stored until now
+    state = CustomerState.from_bytes(orjson.dumps(old))
+    assert state.archive == [4, 40.0, 4.0, 0.0, 2, T0, T0 + DAY, 10.0, 0.0]
+    f = compute(state, T0 + 2 * DAY, ScoringConfig())
+    assert (f.orders, f.transactions, f.previous_order_at) == (4, 2, None)  # unknown, as before
