@@ -4,10 +4,11 @@ with the partitions the worker needs? ``/readyz`` includes both.
 Faust alone does not notice a broker outage in its readiness: its consumer retries in the
 background and the worker keeps reporting ready. And a broker that comes back without its
 data (the embedded, memory-only one after a restart; a wiped cluster) has no topics: Faust
-rejoins its group and carries on (it declares its changelog once per process), while clients
-auto-create whatever topic they touch with the broker's default partition count, so records
-on partitions beyond ``PARTITIONS`` are never consumed. The watch therefore recreates missing
-topics (right partitions and configs) as soon as the broker answers again, and keeps the
+rejoins its group and carries on (it declares its changelog once per process), while other
+clients (producers) may auto-create the topics they touch with the broker's default partition
+count, so records on partitions beyond ``PARTITIONS`` are never consumed; the worker's own
+clients do not (``no_auto_create``). The watch recreates missing topics (right partitions and
+configs) as soon as the broker answers again, and keeps the
 worker unready while an input topic or the changelog has a partition count other than the
 table's — which it cannot repair (a topic's partitions cannot shrink): that needs an operator,
 and on a real cluster ``auto.create.topics.enable=false`` prevents it.
