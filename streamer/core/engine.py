@@ -237,6 +237,22 @@ class _Restore:
         return self.count
 
 
+class PartitionsRestore:
+    """The clocks of several partitions being rebuilt (``Engine.begin_restore``)."""
+
+    def __init__(self, restoring: dict[int, _Restore]) -> None:
+        self.restoring = restoring
+
+    def add(self, state: CustomerState) -> None:
+        restore = self.restoring.get(state.partition)
+        if restore is not None:
+            restore.add(state)
+
+    def finish(self) -> int:
+        """Completes every partition's clock; returns the customers restored."""
+        return sum(restore.finish() for restore in self.restoring.values())
+
+
 class Engine:
     """Turns records into state updates and outgoing events. Not thread-safe; one per worker."""
 
@@ -362,12 +378,17 @@ class Engine:
         the orders only, not on the time features are computed at, so it is set as its state
         passes, before the partition's clock has reached its newest event.)
         """
-        restoring = {partition: _Restore(self._new_clock(partition), self.config) for partition in partitions}
+        restore = self.begin_restore(partitions)
         for state in states:
-            restore = restoring.get(state.partition)
-            if restore is not None:
-                restore.add(state)
-        return sum(restore.finish() for restore in restoring.values())
+            restore.add(state)
+        return restore.finish()
+
+    def begin_restore(self, partitions: Iterable[int]) -> PartitionsRestore:
+        """``restore_partitions`` a state at a time: ``add`` each recovered state (those of
+        other partitions are skipped), then ``finish``. For a caller that must pause in
+        between (the worker's event loop serves its health checks while millions of states
+        are read)."""
+        return PartitionsRestore({partition: _Restore(self._new_clock(partition), self.config) for partition in partitions})
 
     @property
     def customers(self) -> int:
