@@ -27,7 +27,7 @@ GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 class Metrics:
     """The worker's metrics; one instance per process (it registers collectors)."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, input_topics: tuple[str, ...] = ()) -> None:
         self.registry = registry
         self._rate_samples: deque[tuple[float, float]] = deque(maxlen=7)
         #: (metric, label values) -> child, see _child.
@@ -43,7 +43,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "clv_processing_latency_seconds",
-            "Time from a record reaching the agent to its score update being acknowledged by the broker.",
+            "Time from a record reaching the agent (the batch it came in) to its score update being acknowledged by the broker.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -76,11 +76,17 @@ class Metrics:
                 self.triggers.labels(trigger, status)
         for found in ("true", "false"):
             self.erasures.labels(found)
+        # A processing error is a bug, usually a rare one: its alert needs the 0 before the 1.
+        for topic in input_topics:
+            self.invalid.labels(topic, "processing_error")
         self.published = Counter(
-            "clv_events_published_total", "Records produced, by output topic.", ["topic"], registry=registry
+            "clv_events_published_total",
+            "Records produced (acknowledged by the broker), by output topic; failed ones count in clv_publish_errors_total.",
+            ["topic"],
+            registry=registry,
         )
         self.publish_errors = Counter(
-            "clv_publish_errors_total", "Records whose outgoing events could not be handed to the producer.", registry=registry
+            "clv_publish_errors_total", "Outgoing records the producer refused or could not deliver.", registry=registry
         )
         self.timers = Counter("clv_timers_fired_total", "Due-queue timers fired (segment changes and campaign triggers with no new event, delayed labels).", registry=registry)
         self.timer_errors = Counter("clv_timer_errors_total", "Timers whose re-evaluation failed (the customer is skipped).", registry=registry)
@@ -141,8 +147,6 @@ class Metrics:
             child(self.transitions, t.family, t.old or "none", t.new or "none").inc()
         for outcome in result.triggers:
             child(self.triggers, outcome.trigger, outcome.status).inc()
-        for out in result.outgoing:
-            child(self.published, out.topic_role).inc()
         if result.timers_fired:
             self.timers.inc(result.timers_fired)
         if result.labels_learned:
@@ -153,6 +157,10 @@ class Metrics:
             self.timer_errors.inc(result.timer_errors)
         if event_time is not None:
             child(self.event_time, str(partition)).set(event_time)
+
+    def delivered(self, topic_role: str) -> None:
+        """One outgoing record acknowledged by the broker."""
+        self._child(self.published, topic_role).inc()
 
     def consumed_total(self) -> float:
         return sum(s.value for m in self.consumed.collect() for s in m.samples if s.name.endswith("_total"))

@@ -42,7 +42,7 @@ def disk_timers(partition: int) -> DiskTimers:
 
 
 engine = Engine(settings.scoring, settings.limits, clock=settings.clock, disk_timers=disk_timers if settings.store == "rocksdb" else None)
-metrics = Metrics()
+metrics = Metrics(input_topics=settings.input_roles)
 metrics.track_gc_pauses()
 #: The changelog must stay co-partitioned with the inputs too; Faust declares it once per process.
 broker_watch = BrokerWatch(
@@ -67,9 +67,11 @@ def to_record(role: str, message: Any) -> Record:
     )
 
 
-async def handle(role: str, event: Any) -> Result:
-    """Process one Faust event end to end; never raises for a bad or unlucky record."""
-    started = time.perf_counter()
+async def handle(role: str, event: Any, taken: float | None = None) -> Result:
+    """Process one Faust event end to end; never raises for a bad or unlucky record.
+    ``taken``: when the agent took the record (its batch), for the latency metric, which
+    then includes the wait behind the batch's earlier records."""
+    started = time.perf_counter() if taken is None else taken
     record = to_record(role, event.message)
     # Held from the state change until its outputs are queued on the producer: another agent
     # (the same customer's other topics) or the write-back must not come in between.
@@ -101,17 +103,24 @@ async def handle(role: str, event: Any) -> Result:
 output_topics = {role: topic.get_topic_name() for role, topic in outputs.items()}
 
 
-def _delivered(delivery: asyncio.Future, started: float | None = None) -> None:
-    """An outgoing record's delivery is settled: count it if it failed after the producer
-    took it (retries and timeout spent); if it is a record's score update (``started`` set),
-    observe the record's processing latency, from taking it to the score acknowledged."""
+def _delivered(topic_role: str, delivery: asyncio.Future, started: float | None = None) -> None:
+    """An outgoing record's delivery is settled: count it as published, or as failed after
+    the producer took it (retries and timeout spent); if it is a record's score update
+    (``started`` set), observe the record's processing latency, from taking it to the score
+    acknowledged."""
     if delivery.cancelled():
         return
     if delivery.exception() is not None:
         metrics.publish_errors.inc()
         log.error("an outgoing record was not delivered: %s", type(delivery.exception()).__name__)
-    elif started is not None:
+        return
+    metrics.delivered(topic_role)
+    if started is not None:
         metrics.latency.observe(time.perf_counter() - started)
+
+
+#: output role -> its delivery callback (one partial per role, not one per record).
+_DELIVERED = {role: partial(_delivered, role) for role in outputs}
 
 
 async def publish(result: Result, started: float | None) -> None:
@@ -137,7 +146,7 @@ async def publish(result: Result, started: float | None) -> None:
             metrics.publish_errors.inc()
             log.error("the producer refused an outgoing %s record: %s", out.topic_role, type(exc).__name__)
             continue
-        delivery.add_done_callback(partial(_delivered, started=started) if i == last_score else _delivered)
+        delivery.add_done_callback(partial(_delivered, out.topic_role, started=started) if i == last_score else _DELIVERED[out.topic_role])
 
 
 def _agent_for(role: str) -> Any:
@@ -152,8 +161,9 @@ def _agent_for(role: str) -> Any:
         # processed, and its errors contained, on its own, in the partition's order.
         batches = stream.take_events(settings.batch_max_events, within=settings.batch_wait_ms / 1000)  # type: ignore[attr-defined]
         async for events in batches:
+            taken = time.perf_counter()
             for event in events:
-                await handle(role, event)
+                await handle(role, event, taken)
 
     process.__name__ = f"score_{role.replace('-', '_')}"
     return app.agent(inputs[role], name=f"streamer.score-{role}")(process)

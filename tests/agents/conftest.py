@@ -123,8 +123,8 @@ class Handled:
         self.changed = asyncio.Event()
 
     def wrap(self, handle: Callable[..., Any]) -> Callable[..., Any]:
-        async def recording_handle(role: str, event: Any) -> Any:
-            result = await handle(role, event)
+        async def recording_handle(role: str, event: Any, *args: Any) -> Any:
+            result = await handle(role, event, *args)
             self.results.append(result)
             self.changed.set()
             return result

@@ -63,6 +63,15 @@ def sample(name: str, **labels: str) -> float:
     return agents.metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 
+async def acknowledge(sends: dict[str, Any]) -> int:
+    """Play the broker: acknowledge every delivery still pending; returns how many."""
+    pending = [d for mock in sends.values() for d in mock.deliveries if not d.done()]
+    for delivery in pending:
+        delivery.set_result(None)
+    await asyncio.sleep(0)  # the delivery callbacks run
+    return len(pending)
+
+
 class Counters:
     """Snapshot metric samples now; ``delta`` says how much each moved since."""
 
@@ -125,6 +134,9 @@ async def test_order_completed_updates_state_and_publishes(sends, feed):
     assert (trigger["data"]["trigger"], trigger["data"]["step"], trigger["data"]["at"]) == ("onboarding", 1, "2025-03-01T12:00:00.000Z")
     sends["dead-letter"].assert_not_called()
 
+    published = counters.delta()[1:3] + counters.delta()[6:]
+    assert published == [0, 0, 0]  # published = acknowledged by the broker: nothing yet
+    assert await acknowledge(sends) == 5
     assert counters.delta() == [1, 1, 3, 1, 0, 1, 1]
 
 
@@ -202,6 +214,7 @@ async def test_bad_record_goes_to_dead_letter(sends, feed, raw, key, reason):
     sends["customer-scores"].assert_not_called()
     sends["segment-changes"].assert_not_called()
     assert len(tables.customers) == 0 and not tables.store.pending
+    await acknowledge(sends)
     assert counters.delta() == [1, 1, 1]
 
 
@@ -364,6 +377,10 @@ async def test_a_refused_or_failed_output_is_counted_and_the_others_still_go(sen
         await asyncio.sleep(0)
         assert sample("clv_publish_errors_total") - errors == refused + 1
         assert sample("clv_processing_latency_seconds_count") == latencies  # not a latency: it never arrived
+        # Neither the refused records nor the failed one count as published.
+        published = sample("clv_events_published_total", topic="segment-changes"), sample("clv_events_published_total", topic="customer-scores")
+        await acknowledge(sends)
+        assert (sample("clv_events_published_total", topic="segment-changes"), sample("clv_events_published_total", topic="customer-scores")) == published
         assert state_of(customer) is not None
 
 
