@@ -103,8 +103,20 @@ class Metrics:
         self.refit_seconds = Gauge("clv_model_refit_duration_seconds", "Duration of the last population refit.", registry=registry)
         self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
         self.event_time = Gauge(
-            "clv_partition_event_time_seconds", "Event-time clock (newest event time, epoch s) per partition.", ["partition"], registry=registry
+            "clv_partition_event_time_seconds",
+            "Newest event time (epoch s) among the valid events consumed from each input partition (never the wall clock).",
+            ["partition"],
+            registry=registry,
         )
+        self._newest_event_time: dict[int, float] = {}
+        self.consumer_lag = Gauge(
+            "clv_consumer_lag_records",
+            "Records of an input partition this worker owns that are not processed and committed yet: "
+            "the partition's end offset minus the group's committed offset (sampled every 5 s).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self._lag_series: set[tuple[str, str]] = set()
 
     def set_online_quality(self, quality: dict[str, float]) -> None:
         """Progressive-validation quality of the online learners (and of BTYD on the same labels)."""
@@ -155,8 +167,21 @@ class Metrics:
             self.drifts.inc(result.drifts)
         if result.timer_errors:
             self.timer_errors.inc(result.timer_errors)
-        if event_time is not None:
+        if event_time is not None and event_time > self._newest_event_time.get(partition, float("-inf")):
+            self._newest_event_time[partition] = event_time
             child(self.event_time, str(partition)).set(event_time)
+
+    def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """The lag of each (input topic, partition) this worker owns now; the series of
+        partitions it no longer owns go (their new owner reports them)."""
+        current = set()
+        for (topic, partition), lag in lags.items():
+            labels = (topic, str(partition))
+            current.add(labels)
+            self.consumer_lag.labels(*labels).set(lag)
+        for labels in self._lag_series - current:
+            self.consumer_lag.remove(*labels)
+        self._lag_series = current
 
     def delivered(self, topic_role: str) -> None:
         """One outgoing record acknowledged by the broker."""

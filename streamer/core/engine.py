@@ -83,6 +83,7 @@ class Result:
 
     outgoing: list[Outgoing] = field(default_factory=list)
     event_type: str | None = None
+    event_time: float | None = None  # of a valid event (its own time, not the partition clock)
     rejected: str | None = None  # dead-letter reason
     duplicate: bool = False
     transitions: list[Transition] = field(default_factory=list)
@@ -410,7 +411,7 @@ class Engine:
             event = decode(record.value, record.topic_role, record.key, self.limits, wall_now)
         except InvalidEvent as exc:
             return self._reject(record, exc.reason, exc.detail, result)
-        result.event_type = event.type
+        result.event_type, result.event_time = event.type, event.time
         clock = self.clock(record.partition)
         moment = max(event.time, wall_now) if self.clock_mode == "wall" else event.time
         if moment > clock.now:

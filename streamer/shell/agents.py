@@ -91,8 +91,7 @@ async def handle(role: str, event: Any, taken: float | None = None) -> Result:
     if result.drifts:
         log.warning("drift detected (ADWIN) in the online purchase model's error; it keeps learning from new labels")
     try:
-        clock = engine.partitions.get(record.partition)
-        metrics.record(role, record.partition, result, clock.now if clock else None)
+        metrics.record(role, record.partition, result, result.event_time)
         activity.record(result)
     except Exception as exc:  # noqa: BLE001 - a metrics bug must not crash the agent
         log.error("metrics update failed: %s", type(exc).__name__)
@@ -235,7 +234,7 @@ async def advance_wall_clock() -> int:
                 with partition_context(partition):
                     result = engine.advance_clock(partition, now, store)
                 await publish(result, None)
-            metrics.record_evaluations(result, partition, now)
+            metrics.record_evaluations(result, partition, None)  # wall time is no event time
             activity.record(result)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again; agents go on
             log.error("wall-clock tick failed on partition %d: %s", partition, type(exc).__name__)
@@ -266,6 +265,43 @@ async def watch_broker() -> None:
     while True:
         await asyncio.sleep(broker_watch.interval)
         await broker_watch.probe()
+
+
+#: input topic name -> its role (the label of the lag series).
+_INPUT_ROLE_OF = {settings.topics[role]: role for role in settings.input_roles}
+
+
+async def consumer_lags() -> dict[tuple[str, int], int]:
+    """(input role, partition) -> records not processed and committed yet, for the input
+    partitions assigned to this worker: end offsets asked of the broker (so a consumer that
+    stopped fetching still shows its lag), minus the offsets the group committed."""
+    consumer = app.consumer
+    tps = [tp for tp in consumer.assignment() if tp.topic in _INPUT_ROLE_OF]
+    if not tps:
+        return {}
+    ends = await asyncio.wait_for(consumer.highwaters(*tps), LAG_TIMEOUT_S)
+    committed = app.monitor.tp_committed_offsets
+    lags = {}
+    for tp in tps:
+        end, position = ends.get(tp), committed.get(tp)
+        if end is None or position is None:
+            continue  # nothing committed here yet: no lag to report
+        # max(): the embedded broker's end offsets can miss the newest batch.
+        lags[(_INPUT_ROLE_OF[tp.topic], tp.partition)] = max(end - position, 0)
+    return lags
+
+
+LAG_TIMEOUT_S = 4.0
+
+
+@app.timer(interval=5.0)
+async def report_consumer_lag() -> None:
+    if app.rebalancing:
+        return  # the assignment is changing
+    try:
+        metrics.set_consumer_lag(await consumer_lags())
+    except Exception as exc:  # noqa: BLE001 - a metric must not take the worker down; next tick tries again
+        log.debug("consumer lag not sampled: %s", type(exc).__name__)  # an outage: the broker watch says so
 
 
 @app.timer(interval=5.0)
