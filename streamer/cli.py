@@ -40,6 +40,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _usage(problem: str) -> int:
+    """A usage error of `streamer evaluate`: one line, exit status 2 (as replay and config)."""
+    print(f"streamer evaluate: {problem}", file=sys.stderr)
+    return 2
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from datetime import date
     from pathlib import Path
@@ -48,36 +54,48 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.simulated:
         if args.file:
-            raise SystemExit("streamer evaluate: give either a CDNOW file or --simulated, not both")
-        report = evaluate_simulated(
-            customers=args.customers,
-            seed=args.seed,
-            calibration_days=args.calibration_days,
-            holdout_days=args.holdout_days,
-            learn_horizon_days=args.learn_horizon_days,
-            progress=not args.quiet,
-            out_dir=Path(args.out) if args.out else None,
-        )
+            return _usage("give either a CDNOW file or --simulated, not both")
+        if args.customers < 2:
+            return _usage(f"--customers {args.customers}: at least 2")
+        try:
+            report = evaluate_simulated(
+                customers=args.customers,
+                seed=args.seed,
+                calibration_days=args.calibration_days,
+                holdout_days=args.holdout_days,
+                learn_horizon_days=args.learn_horizon_days,
+                progress=not args.quiet,
+                out_dir=Path(args.out) if args.out else None,
+            )
+        except ValueError as exc:  # e.g. no customer churned, or none stayed, at this size
+            print(f"streamer evaluate: {exc}", file=sys.stderr)
+            return 1
         print("\n".join(report.lines()))
         if args.out:
             print(f"per-customer predictions and metrics written to {args.out}/")
         return 0
     if not args.file:
-        raise SystemExit("streamer evaluate: a CDNOW file (or --simulated) is required")
+        return _usage("a CDNOW file (or --simulated) is required")
     if not Path(args.file).is_file():
-        raise SystemExit(f"streamer evaluate: no file {args.file}")
+        return _usage(f"no file {args.file}")
     try:
         calibration_end, holdout_end = date.fromisoformat(args.calibration_end), date.fromisoformat(args.holdout_end)
     except ValueError as exc:
-        raise SystemExit(f"streamer evaluate: --calibration-end / --holdout-end must be dates like 1997-09-30 ({exc})") from None
-    report = evaluate(
-        Path(args.file),
-        calibration_end=calibration_end,
-        holdout_end=holdout_end,
-        margin_rate=args.margin_rate,
-        out_dir=Path(args.out) if args.out else None,
-        progress=not args.quiet,
-    )
+        return _usage(f"--calibration-end / --holdout-end must be dates like 1997-09-30 ({exc})")
+    if holdout_end <= calibration_end:
+        return _usage(f"--holdout-end ({holdout_end}) must come after --calibration-end ({calibration_end})")
+    try:
+        report = evaluate(
+            Path(args.file),
+            calibration_end=calibration_end,
+            holdout_end=holdout_end,
+            margin_rate=args.margin_rate,
+            out_dir=Path(args.out) if args.out else None,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:  # a file that is no CDNOW log, or no customer on one side of the cut
+        print(f"streamer evaluate: {exc}", file=sys.stderr)
+        return 1
     print("\n".join(report.lines()))
     if args.out:
         print(f"per-customer predictions and metrics written to {args.out}/")

@@ -51,8 +51,9 @@ class Report:
     mae_spend: float
     spearman_value: float
     replay_events_per_s: float
-    #: The log-likelihood with time in weeks (as published): times in days add x·ln 7 per customer.
-    bgnbd_log_likelihood_weeks: float
+    #: The log-likelihood with time in weeks (as published): times in days add x·ln 7 per
+    #: customer. None: no fit (too few customers; the prior's parameters are used).
+    bgnbd_log_likelihood_weeks: float | None
     #: BG/NBD corrected by the online learners (delayed 13-week labels within calibration).
     mae_purchases_learned: float
     total_error_pct_learned: float
@@ -64,7 +65,7 @@ class Report:
         return [
             f"customers {self.customers}, calibration to {self.calibration_end}, holdout to {self.holdout_end} ({self.horizon_days:.0f} days)",
             f"BG/NBD r={self.bgnbd['r']:.4f} alpha={self.bgnbd['alpha'] / 7:.4f}/week a={self.bgnbd['a']:.4f} b={self.bgnbd['b']:.4f}  "
-            f"LL={self.bgnbd_log_likelihood_weeks:.1f} (time in weeks)",
+            + (f"LL={self.bgnbd_log_likelihood_weeks:.1f} (time in weeks)" if self.bgnbd_log_likelihood_weeks is not None else "not fitted: too few customers, the prior's parameters"),
             f"Gamma-Gamma p={self.gamma_gamma['p']:.3f} q={self.gamma_gamma['q']:.3f} v={self.gamma_gamma['v']:.3f}",
             f"holdout purchases: MAE {self.mae_purchases:.4f}  RMSE {self.rmse_purchases:.4f}  total predicted {self.total_predicted_purchases:.1f} vs actual {self.total_actual_purchases} ({self.total_error_pct:+.1f}%)",
             f"churn (no purchase in holdout): ROC AUC {self.auc_churn_p_no_purchase:.4f} by P(no purchase), {self.auc_churn_expected_purchases:.4f} by expected purchases",
@@ -234,7 +235,9 @@ def evaluate(
         mae_spend=float(np.mean(np.abs(value_a - spend_a))),
         spearman_value=float(stats.spearmanr(value_a, spend_a).statistic),
         replay_events_per_s=replay_rate,
-        bgnbd_log_likelihood_weeks=(model.bgnbd.log_likelihood or 0.0) + _repeat_purchases(engine) * float(np.log(7.0)) if model else 0.0,
+        bgnbd_log_likelihood_weeks=(
+            model.bgnbd.log_likelihood + _repeat_purchases(engine) * float(np.log(7.0)) if model and model.bgnbd.log_likelihood is not None else None
+        ),
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from streamer.core import views
 from streamer.core.events import MAX_CUSTOMER_ID_BYTES
@@ -69,15 +70,20 @@ def _refused(web: Any, request: Any) -> Any | None:
     """A 401 answer when API_TOKEN is set and the request does not carry it, else None."""
     if not settings.api_token:
         return None
-    header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    # The scheme name is case-insensitive (RFC 7235): "bearer" is "Bearer".
+    given = credentials.strip() if scheme.lower() == "bearer" else request.query.get("token", "")
     if hmac.compare_digest(given.encode(), settings.api_token.encode()):
         return None
     return _error(web, 401, "unauthorized", "this API needs the token: 'Authorization: Bearer <token>' or '?token='")
 
 
 def _bad_customer_id(customer_id: str) -> str | None:
-    if not customer_id or len(customer_id.encode()) > MAX_CUSTOMER_ID:
+    try:
+        encoded = customer_id.encode()
+    except UnicodeEncodeError:  # percent-escapes that are no UTF-8 decode to lone surrogates
+        return "a customer id is UTF-8 text"
+    if not encoded or len(encoded) > MAX_CUSTOMER_ID:
         return f"a customer id has 1 to {MAX_CUSTOMER_ID} bytes"
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in customer_id):
         return "a customer id has no control characters"
@@ -93,10 +99,37 @@ async def customer_page(web: Any, request: Any, customer_id: str) -> Any:
     return await _owned_customer(web, request, customer_id=customer_id)
 
 
-@app.table_route(table=customers, match_info="customer_id")
+#: Marks a query forwarded to the owner: the receiver answers itself, even if the partition
+#: moved in between (a 503 or 404 then), so two workers never pass a request back and forth.
+FORWARDED = "X-Clv-Forwarded"
+
+
+def _same_worker(url: URL) -> bool:
+    mine = URL(str(app.conf.canonical_url))
+    return (url.host, url.port) == (mine.host, mine.port)
+
+
 async def _owned_customer(web: Any, request: Any, customer_id: str) -> Any:
-    """Runs on the worker that owns the customer's partition (Faust forwards the request)."""
-    return customer_answer(web, customer_id)
+    """The answer of the worker that owns the customer's partition: this one's, or the owner's
+    forwarded (with Faust's assignment, as ``app.table_route`` does, but a 503 the client
+    can retry, not a 500 or a 5-minute wait, when the owner is gone or stuck)."""
+    if FORWARDED in request.headers:
+        return customer_answer(web, customer_id)
+    try:
+        owner = app.router.key_store(customers.name, customer_id)
+    except KeyError:
+        return _error(web, 503, "not_ready", "no worker owns this customer's partition right now (a rebalance); retry shortly")
+    if _same_worker(owner):
+        return customer_answer(web, customer_id)
+    # The path as the client sent it (an id's %2F stays encoded), with its query (?token=).
+    url = URL(str(owner).rstrip("/") + request.raw_path, encoded=True)
+    headers = {FORWARDED: "1", **({"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {})}
+    try:
+        async with app.http_client.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as response:
+            return web.bytes(await response.read(), content_type=response.content_type, status=response.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("a customer query forwarded to the partition's owner failed: %s", type(exc).__name__)
+        return _error(web, 503, "not_ready", "the worker that owns this customer's partition did not answer (it may be restarting); retry shortly")
 
 
 def customer_answer(web: Any, customer_id: str) -> Any:

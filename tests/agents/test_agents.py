@@ -481,3 +481,20 @@ async def test_readyz_page_follows_recovery_and_rebalancing(monkeypatch):
         assert json.loads(response.body) == {"ready": False, "recovered": True, "rebalancing": True}
     finally:
         completed.clear()
+
+
+def test_the_token_scheme_is_case_insensitive_and_ids_must_be_utf8(monkeypatch):
+    import dataclasses
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(web, "settings", dataclasses.replace(web.settings, api_token="tok"))
+
+    def refused(header: str | None, query: dict | None = None) -> bool:
+        request = SimpleNamespace(headers={"Authorization": header} if header else {}, query=query or {})
+        return web._refused(app.web, request) is not None
+
+    assert not refused("Bearer tok") and not refused("bearer tok") and not refused("BEARER  tok")
+    assert refused("Bearer nope") and refused("Basic tok") and refused(None)
+    assert not refused(None, {"token": "tok"})
+    assert web._bad_customer_id("\udcff\udcfe") == "a customer id is UTF-8 text"  # what %FF%FE decodes to
+    assert web._bad_customer_id("café-1") is None

@@ -46,3 +46,36 @@ def test_evaluate_reproduces_the_published_fit_through_the_stream(tmp_path: Path
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "customer,expected_purchases,p_at_least_one,predicted_value,actual_purchases,actual_spend"
     assert len(rows) == 2358
+
+
+def run_evaluate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamer", "evaluate", *args, "--quiet"], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--holdout-end", "1997-06-30"], 2, "--holdout-end (1997-06-30) must come after --calibration-end (1997-09-30)"),
+        (["--calibration-end", "1997-13-01"], 2, "must be dates like 1997-09-30"),
+        (["--calibration-end", "1998-07-01"], 2, "must come after --calibration-end (1998-07-01)"),  # after the default holdout end
+    ],
+)
+def test_evaluate_refuses_bad_dates_in_one_line(args: list[str], status: int, message: str) -> None:
+    done = run_evaluate(str(CDNOW), *args)
+    assert done.returncode == status and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_evaluate_refuses_a_file_that_is_no_cdnow_log(tmp_path: Path) -> None:
+    other = tmp_path / "orders.csv"
+    other.write_text("order_id,customer,total\n1,a,10\n")
+    done = run_evaluate(str(other))
+    assert done.returncode == 1 and "streamer evaluate: " in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert run_evaluate(str(tmp_path / "missing.txt")).returncode == 2
+
+
+def test_a_population_too_small_to_fit_says_so(tmp_path: Path) -> None:
+    small = tmp_path / "cdnow-50.txt"
+    small.write_text("".join(CDNOW.read_text().splitlines(keepends=True)[:50]))
+    done = run_evaluate(str(small))
+    assert done.returncode == 0, done.stderr
+    assert "not fitted: too few customers" in done.stdout and "LL=" not in done.stdout

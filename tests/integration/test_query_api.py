@@ -144,3 +144,43 @@ async def test_query_api_on_two_workers_and_the_dashboard(make_worker, broker: s
     assert shot.exists() and shot.stat().st_size > 20_000  # a real rendering, not a blank page
     # Without the token the page itself is refused.
     assert get(f"{first.url}/dashboard", token=None)[0] == 401
+
+
+async def test_a_query_whose_owner_is_hung_or_gone_gets_a_503_to_retry(make_worker, broker: str) -> None:
+    """The README's promise: 503 (retry) while the owner cannot answer — not a 500, and not a
+    wait as long as the HTTP client's 5-minute default."""
+    import signal
+
+    from tests.integration.kafka_helpers import partition_of
+
+    env = worker_env(partitions=4, API_TOKEN=TOKEN)
+    first, second = make_worker(env), make_worker(env)
+    topics = first.topics
+
+    def second_holds():
+        parts = [get(f"{w.url}/api/summary?local=1")[1]["summary"]["partitions"] for w in (first, second)]
+        return parts[1] if all(parts) and sorted(parts[0] + parts[1]) == [0, 1, 2, 3] else None
+
+    held = wait_until(second_holds, what="partitions spread over both workers")
+    customer = next(c for c in CUSTOMERS if partition_of(c, 4) in held)
+    async with Kafka(broker, [topics["customer-scores"]]) as kafka:
+        await kafka.send(topics["orders"], "orders", customer.encode(), order(customer, 0))
+        await kafka.wait_for(lambda o: o.doc["data"]["customer"] == customer, timeout_s=60)
+    url = f"{first.url}/customers/{urllib.parse.quote(customer)}"
+    assert get(url)[0] == 200  # forwarded to the second worker, which answers
+
+    second.process.send_signal(signal.SIGSTOP)  # hung: accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        status, body = get(url)
+        waited = time.monotonic() - started
+    finally:
+        second.process.send_signal(signal.SIGCONT)
+    assert (status, body["error"]) == (503, "not_ready") and waited < 8, (status, body, waited)
+    validator("Error").validate(body)
+
+    second.stop(kill=True)  # gone: nothing listens on its port
+    status, body = get(url)
+    assert (status, body["error"]) == (503, "not_ready"), (status, body)
+    # Once the partitions moved to the first worker, it answers itself.
+    assert wait_until(lambda: get(url)[0] == 200, timeout_s=60, what="the first worker owning every partition")

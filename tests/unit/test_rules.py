@@ -188,3 +188,10 @@ def test_purchase_day_timezone_is_an_iana_zone():
         "scores.purchase_day_timezone: unknown time zone 'CET+1' (an IANA name such as 'Europe/Berlin')",
     )
     assert_problems({"scores": {"purchase_day_timezone": 5}}, "scores.purchase_day_timezone: expected a time zone name such as 'Europe/Berlin', got 5")
+
+
+def test_a_rules_file_that_is_no_utf8_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "rules.toml"
+    path.write_bytes(b"[scores]\nannual_discount_rate = 0.1 # \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 38\)"):
+        rules.load(path)
