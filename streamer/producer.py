@@ -56,7 +56,11 @@ from typing import Any
 
 import orjson
 
+import time as wall_clock
+
 from streamer import contracts
+from streamer.core.config import Limits
+from streamer.core.events import decode
 from streamer.errors import ConfigError, InvalidEvent
 
 __all__ = [
@@ -162,11 +166,16 @@ def build(
     source: str = DEFAULT_SOURCE,
     extensions: Mapping[str, str | bool | int] | None = None,
     max_bytes: int = MAX_EVENT_BYTES,
+    limits: Limits | None = None,
 ) -> Outgoing:
     """Any input event: envelope around ``data``, validated; raises :class:`InvalidEvent`.
 
     ``data`` keys whose value is None are left out (optional fields not given);
     ``extensions``: CloudEvents extension attributes, e.g. ``{"traceparent": "00-..."}``.
+    The event then goes through the worker's own decoding (:func:`streamer.core.events.decode`):
+    an id of more than 128 bytes, a margin above the total, a time out of range are refused
+    here as there. Its currency is checked only against ``limits`` (the worker's
+    ``REPORTING_CURRENCY`` and ``FX_RATES``) when they are given.
 
     >>> build("Review Posted", "cust-1", {"product_id": "mic-usb-01", "rating": 6}, time="2025-03-15T08:00:00Z")
     Traceback (most recent call last):
@@ -196,6 +205,10 @@ def build(
     value = _json(event)
     if len(value) > max_bytes:
         raise InvalidEvent("oversized", f"{len(value)} bytes exceeds the limit of {max_bytes}")
+    if limits is None:  # any currency: a rate of 1 for this one
+        currency = payload.get("currency")
+        limits = Limits(max_event_bytes=max_bytes, fx_rates={currency: 1.0} if isinstance(currency, str) else {})
+    decode(value, role, customer.encode(), limits, wall_clock.time())
     return Outgoing(role, customer.encode(), value, event)
 
 

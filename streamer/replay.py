@@ -39,7 +39,7 @@ import re
 import sys
 import time as time_module
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -241,8 +241,11 @@ def _row_hash(fields: dict[str, Any], seen: Counter[bytes]) -> str:
     return hashlib.sha256(content + b"#%d" % nth).hexdigest()
 
 
-def map_row(fields: dict[str, Any], digest: str, mapping: RowMapping, earliest: float, latest: float) -> tuple[float, Outgoing, bool]:
-    """(event time, event, order id derived?) for one row; raises :class:`Unmappable`."""
+def map_row(
+    fields: dict[str, Any], digest: str, mapping: RowMapping, earliest: float, latest: float, currencies: Collection[str] | None = None
+) -> tuple[float, Outgoing, bool]:
+    """(event time, event, order id derived?) for one row; raises :class:`Unmappable`.
+    ``currencies``: those the worker accepts (its reporting currency and FX_RATES; None: any)."""
     customer = _cell(fields, mapping.customer_col)
     if customer is None:
         raise Unmappable("missing_customer", f"no {mapping.customer_col!r}")
@@ -268,6 +271,9 @@ def map_row(fields: dict[str, Any], digest: str, mapping: RowMapping, earliest: 
     currency = str(_cell(fields, mapping.currency_col) or mapping.currency).upper()
     if not _CURRENCY.match(currency):
         raise Unmappable("bad_currency", f"currency {currency!r} is not an ISO 4217 code")
+    if currencies is not None and currency not in currencies:
+        # The worker would dead-letter it (no rate to convert it with).
+        raise Unmappable("bad_currency", f"currency {currency!r} is not accepted by the worker: {', '.join(sorted(currencies))} (REPORTING_CURRENCY, FX_RATES)")
     money: dict[str, float] = {}
     for name, col in (("margin", mapping.margin_col), ("cost", mapping.cost_col)):
         raw = _cell(fields, col)
@@ -335,7 +341,7 @@ def prepare(
         try:
             if fields is None:
                 raise Unmappable("malformed_row", why)
-            t, record, derived = map_row(fields, _row_hash(fields, seen), mapping, limits.min_event_time, latest)
+            t, record, derived = map_row(fields, _row_hash(fields, seen), mapping, limits.min_event_time, latest, limits.fx_rates)
         except Unmappable as exc:
             plan.skipped[exc.reason] += 1
             if len(problems) < max_examples:

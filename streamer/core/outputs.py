@@ -140,7 +140,7 @@ def event_rejected(
         wall_now,
         # The subject would be the customer id, but a rejected record may have none (or a
         # garbage one): name the source position instead.
-        f"{topic}/{partition}/{offset}",
+        _position_subject(topic, partition, offset),
         {
             "reason": reason,
             "detail": detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "\u2026",
@@ -177,6 +177,25 @@ def campaign_triggered(
         data["step"] = step
     data.update(at=rfc3339(at), reason=reason, scores=rounded(scores), channel=channel, segments=segments)
     return _envelope("Campaign Triggered", deterministic_id("trg", customer, trigger, step, at), at, customer, data)
+
+
+#: The envelope's subject has at most this many characters (schemas/envelope.v1.schema.json).
+MAX_SUBJECT_CHARS = 128
+
+
+def _position_subject(topic: str, partition: int, offset: int) -> str:
+    """``topic/partition/offset``, the topic cut (with an ellipsis) when Kafka's up to 249
+    characters would not fit the subject; ``source.topic`` has it whole.
+
+    >>> _position_subject("orders", 3, 1207)
+    'orders/3/1207'
+    >>> len(_position_subject("t" * 249, 3, 1207))
+    128
+    """
+    position = f"/{partition}/{offset}"
+    if len(topic) + len(position) <= MAX_SUBJECT_CHARS:
+        return topic + position
+    return topic[: MAX_SUBJECT_CHARS - len(position) - 1] + "\u2026" + position
 
 
 def customer_erased(request_id: str, customer: str, found: bool, removed: list[str], wall_now: float) -> bytes:

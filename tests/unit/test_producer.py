@@ -204,3 +204,20 @@ async def test_producer_needs_a_bootstrap_and_a_start(monkeypatch: pytest.Monkey
 
 def test_module_exports_exist() -> None:
     assert all(hasattr(producer, name) for name in producer.__all__)
+
+
+def test_what_the_worker_would_dead_letter_is_refused_when_built():
+    """The worker's own decoding runs on every built event: a customer id of 100 characters but
+    300 bytes, or a margin above the total, passed the schema and were dead-lettered there."""
+    lines = [producer.product("p", 5.0)]
+    when = "2025-03-14T09:26:53Z"
+    with pytest.raises(producer.InvalidEvent, match="schema_violation: subject: a customer id has at most 128 bytes in UTF-8, this one 300"):
+        producer.order_completed("雪" * 100, "O-1", 5.0, margin=1.0, products=lines, time=when)
+    with pytest.raises(producer.InvalidEvent, match="absurd_value: margin exceeds the order total"):
+        producer.order_completed("c-1", "O-1", 5.0, margin=9.0, products=lines, time=when)
+    # The currency only against the worker's rates, when given.
+    eur = dict(order_id="O-1", total=5.0, currency="EUR", margin=1.0, products=lines)
+    assert producer.build("Order Completed", "c-1", eur, time=when).role == "orders"
+    with pytest.raises(producer.InvalidEvent, match="unsupported_currency"):
+        producer.build("Order Completed", "c-1", eur, time=when, limits=Limits())
+    assert producer.build("Order Completed", "c-1", eur, time=when, limits=Limits(fx_rates={"USD": 1.0, "EUR": 1.1})).role == "orders"

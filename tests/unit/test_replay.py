@@ -113,13 +113,17 @@ def test_money_columns_currency_and_margins(tmp_path: Path) -> None:
         "c-6,2024-01-06,100,USD,x,\n",
     )
     mapping = RowMapping(currency_col="cur", margin_col="margin", cost_col="cost", currency="GBP")
-    plan = prepare(path, mapping=mapping, now=NOW)
+    fx = Limits(fx_rates={"USD": 1.0, "EUR": 1.1, "GBP": 1.3})
+    plan = prepare(path, mapping=mapping, now=NOW, limits=fx)
     assert [(r.event["data"]["currency"], r.event["data"].get("margin"), r.event["data"].get("cost")) for r in plan.records] == [
         ("EUR", 30.0, None),
         ("GBP", None, 60.0),
     ]
     assert plan.skipped == Counter(bad_margin=2, bad_currency=1, margin_exceeds_total=1)
-    assert_valid(plan, Limits(fx_rates={"USD": 1.0, "EUR": 1.1, "GBP": 1.3}))
+    assert_valid(plan, fx)
+    # A currency the worker has no rate for would be dead-lettered there: skipped here.
+    usd_only = prepare(path, mapping=mapping, now=NOW, limits=Limits())
+    assert usd_only.records == [] and usd_only.skipped == Counter(bad_margin=2, bad_currency=3, margin_exceeds_total=1)
     rate = prepare(write(tmp_path, "r.csv", "customer_id,time,total\nc,2024-01-01,29.33\n"), mapping=RowMapping(margin_rate=0.4), now=NOW)
     assert rate.records[0].event["data"]["margin"] == pytest.approx(11.732)
     with pytest.raises(ConfigError, match="above 1"):
@@ -252,6 +256,7 @@ def test_cli_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
     path = write(tmp_path, "history.txt", "cust;day;amount\nc-1;20240105;5\nc-2;20241301;6\n")
     argv = ["replay", str(path), "--format", "csv", "--delimiter", ";", "--customer-col", "cust", "--time-col", "day",
             "--time-format", "%Y%m%d", "--total-col", "amount", "--currency", "EUR", "--dry-run"]
+    monkeypatch.setenv("FX_RATES", "EUR=1.08")  # the worker's: EUR is accepted
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "rows read 2 from" in out and "dry run: 1 events would be sent" in out and "skipped 1 rows: bad_time 1" in out
