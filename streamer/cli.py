@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from streamer.errors import ConfigError
     from streamer.settings import log_level
+    from streamer.topics import TopicsNotCreated
 
     # A bad setting or rules file is the operator's to fix: one clear line and exit 2 (as
     # `config check` does), not a traceback around the message.
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamer {args.command}: {exc}", file=sys.stderr)
         return 2
+    except TopicsNotCreated as exc:  # e.g. REPLICATION_FACTOR above the cluster's brokers
+        print(f"streamer {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import TopicAlreadyExistsError
 
 from streamer.settings import Settings
-from streamer.topics import topic_specs
+from streamer.topics import TopicsNotCreated, create_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,12 @@ class BrokerWatch:
             await client.close()
 
     async def _create(self, specs: list[NewTopic]) -> None:
+        """Raises TopicsNotCreated for topics the broker refused (one that exists is fine:
+        the partition check below tells whether it is right)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=10_000, **self.settings.security.client_options())
         try:
             await admin.start()
-            await admin.create_topics(specs)
-        except TopicAlreadyExistsError:
-            pass  # someone else was faster; the partition check below tells whether it is right
+            await create_topics(admin, specs)
         finally:
             await admin.close()
 
@@ -95,7 +94,13 @@ class BrokerWatch:
                 await self._create(missing)
                 partitions = await self._partitions()
             except Exception as exc:  # noqa: BLE001 - the next probe tries again
-                self.problem = f"topics missing and not created: {type(exc).__name__}"
+                why = str(exc) if isinstance(exc, TopicsNotCreated) else type(exc).__name__
+                self.problem = f"topics missing and not created: {why}"
+                log.error("%s", self.problem)
+                return
+            if still := [spec.name for spec in missing if spec.name not in partitions]:
+                # Every topic the worker writes to must be there: sends to a missing one fail.
+                self.problem = f"topics missing after creating them: {', '.join(still)}"
                 log.error("%s", self.problem)
                 return
             log.warning("the broker had lost topics (restarted without its data?); recreated: %s", ", ".join(s.name for s in missing))

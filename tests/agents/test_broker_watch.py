@@ -69,3 +69,40 @@ async def test_probe_keeps_the_worker_unready_when_an_input_is_not_co_partitione
     await watch.probe()
     assert not created and watch.reachable and not watch.ok
     assert settings.topics["orders"] in (watch.problem or "")
+
+
+def test_refused_topics_are_read_from_the_response_not_an_exception():
+    """aiokafka's create_topics returns each topic's error code instead of raising."""
+    from types import SimpleNamespace
+
+    from streamer.topics import refused_topics
+
+    assert refused_topics(SimpleNamespace(topic_errors=[("a", 0, None), ("b", 36, "Topic 'b' already exists.")])) is None
+    refused = refused_topics(SimpleNamespace(topic_errors=[("a", 0, None), ("c", 38, "Replication factor: 3 larger than available brokers: 1.")]))
+    assert refused is not None and not refused.retriable
+    assert str(refused) == "the broker did not create topics: c: InvalidReplicationFactorError (Replication factor: 3 larger than available brokers: 1.)"
+    assert refused_topics(SimpleNamespace(topic_errors=[("d", 41)])).retriable  # NotController, v0 has no message
+
+
+async def test_probe_keeps_the_worker_unready_when_the_broker_refuses_a_topic(monkeypatch):
+    from streamer.topics import TopicsNotCreated
+
+    watch = BrokerWatch(settings, agents.broker_watch.specs[-1:])
+    partitions = {spec.name: spec.num_partitions for spec in watch.specs}
+    del partitions[settings.topics["dead-letter"]]
+    fake_broker(watch, monkeypatch, partitions)
+
+    async def refuse(specs: list) -> None:
+        raise TopicsNotCreated({spec.name: "TopicAuthorizationFailedError" for spec in specs}, retriable=False)
+
+    monkeypatch.setattr(watch, "_create", refuse)
+    await watch.probe()
+    assert watch.reachable and not watch.ok
+    assert watch.problem == f"topics missing and not created: the broker did not create topics: {settings.topics['dead-letter']}: TopicAuthorizationFailedError"
+
+    async def vanish(specs: list) -> None:  # "created", but the metadata still lacks it
+        return None
+
+    monkeypatch.setattr(watch, "_create", vanish)
+    await watch.probe()
+    assert not watch.ok and watch.problem == f"topics missing after creating them: {settings.topics['dead-letter']}"
