@@ -226,7 +226,7 @@ async def _run(bootstrap: str, settings: settings_module.Settings, customers: in
     worker, log_path = start_worker(bootstrap, web_port, workdir)
     metrics_url = f"http://127.0.0.1:{web_port}/metrics"
     if not view:
-        print(f"worker metrics {metrics_url} · worker log {log_path}", flush=True)
+        print(f"dashboard {metrics_url.replace('/metrics', '/dashboard')} · worker metrics {metrics_url} · worker log {log_path}", flush=True)
     start = (datetime.now(timezone.utc) - timedelta(days=3 * 365)).replace(hour=0, minute=0, second=0, microsecond=0)
     sim = ShopSimulator(customers, start, seed=seed, invalid_fraction=0.005)
     state = ViewState()
@@ -304,5 +304,8 @@ def run_demo(customers: int = 2000, days_per_second: float = 3.0, duration_s: fl
         print(summary_line(state))
     if state.first_change_after_s is not None:
         print(f"first segment change seen {state.first_change_after_s:.1f}s after start")
+    if state.segment_changes == 0:
+        print(f"no segment change seen: the worker's and the broker's logs are kept in {workdir}", file=sys.stderr)
+        return 1
     shutil.rmtree(workdir, ignore_errors=True)  # worker log and RocksDB files of this run
-    return 0 if state.segment_changes > 0 else 1
+    return 0
