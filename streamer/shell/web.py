@@ -90,7 +90,7 @@ def _bad_customer_id(customer_id: str) -> str | None:
     return None
 
 
-@app.page("/customers/{customer_id}")
+@app.page("/customers/{customer_id:.+}")  # ".+": an id with an unencoded "/" is still an id
 async def customer_page(web: Any, request: Any, customer_id: str) -> Any:
     if (refused := _refused(web, request)) is not None:
         return refused

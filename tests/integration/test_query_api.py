@@ -100,6 +100,8 @@ async def test_query_api_on_two_workers_and_the_dashboard(make_worker, broker: s
         status, body = get(f"{worker.url}/customers/nobody-like-this")
         assert status == 404 and body["error"] == "not_found"
         error_schema.validate(body)
+        status, body = get(f"{worker.url}/customers/{CUSTOMERS[1]}/unencoded-slash")  # the id "api-01/unencoded-slash"
+        assert status == 404 and body["error"] == "not_found", (status, body)
         status, body = get(f"{worker.url}/customers/{'x' * 200}")
         assert status == 400 and body["error"] == "bad_customer_id"
         status, body = get(f"{worker.url}/customers/{CUSTOMERS[1]}", token=None)
