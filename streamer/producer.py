@@ -1,7 +1,8 @@
 """Producer helper for producer teams: contract-valid CloudEvents, the right topic and key.
 
-Two layers, both validating every event against its contract (``schemas/``, through
-:func:`streamer.contracts.first_error`) before it can leave the process:
+Two layers, both running every event through the worker's own decoding (its contract in
+``schemas/``, then the worker's limits: :func:`streamer.core.events.decode`) before it can
+leave the process, so what the worker would dead-letter is refused here with the same reason:
 
 * **Pure functions, no Kafka.** :func:`order_completed`, :func:`order_refunded`,
   :func:`email_event`, :func:`survey_answered`, :func:`community_event` and the generic
@@ -199,9 +200,6 @@ def build(
         "data": payload,
         **(extensions or {}),
     }
-    error = contracts.first_error(event)
-    if error is not None:
-        raise InvalidEvent("schema_violation", error)
     value = _json(event)
     if len(value) > max_bytes:
         raise InvalidEvent("oversized", f"{len(value)} bytes exceeds the limit of {max_bytes}")

@@ -269,6 +269,8 @@ async def watch_broker() -> None:
 
 #: input topic name -> its role (the label of the lag series).
 _INPUT_ROLE_OF = {settings.topics[role]: role for role in settings.input_roles}
+#: How long one lag sample may wait for the broker's end offsets.
+LAG_TIMEOUT_S = 4.0
 
 
 async def consumer_lags() -> dict[tuple[str, int], int]:
@@ -289,9 +291,6 @@ async def consumer_lags() -> dict[tuple[str, int], int]:
         # max(): the embedded broker's end offsets can miss the newest batch.
         lags[(_INPUT_ROLE_OF[tp.topic], tp.partition)] = max(end - position, 0)
     return lags
-
-
-LAG_TIMEOUT_S = 4.0
 
 
 @app.timer(interval=5.0)

@@ -130,7 +130,7 @@ def test_times_are_rfc3339_utc() -> None:
         ),
         (lambda: order_completed("c", "O", float("nan"), margin=1, products=[product("p", 1)], time=T), "schema_violation", "data.total"),
         (lambda: order_refunded("c", "O", 0, time=T), "schema_violation", "data.total"),
-        (lambda: order_refunded("", "O", 5, time=T), "schema_violation", "subject"),
+        (lambda: order_refunded("", "O", 5, time=T), "missing_customer_id", "subject"),
         (lambda: survey_answered("c", "s-1", time=T), "schema_violation", "goal"),
         (lambda: email_event("Email Opened", "c", email_id="m", colour="red", time=T), "schema_violation", "colour"),
         (lambda: email_event("Review Posted", "c", product_id="p", rating=5, time=T), "wrong_topic", "community-events"),
