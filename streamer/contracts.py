@@ -179,7 +179,33 @@ def _message(error: jsonschema.ValidationError) -> str:
         # one the reason was cut off at the message limit. Say its size instead.
         unit, bound = _SIZE_WORDS[error.validator]
         return f"{len(error.instance)} {unit}, {bound} {error.validator_value}"
+    shown = repr(error.instance)
+    if len(shown) > _MAX_VALUE_SHOWN and error.message.startswith(shown):
+        # Most of jsonschema's messages begin with the whole value ("[0, 1, ...] is not of
+        # type 'string'"): a long one pushed the reason past the message limit.
+        return _brief(error.instance) + error.message[len(shown):]
     return error.message
+
+
+#: Longest value quoted whole in a message; a longer one is shortened (see ``_brief``).
+_MAX_VALUE_SHOWN = 60
+
+
+def _brief(value: Any) -> str:
+    """A long value named by its kind and size, with its beginning for a string.
+
+    >>> _brief("x" * 300)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' (300 characters)"
+    >>> _brief(list(range(1000)))
+    'an array of 1000 items'
+    """
+    if isinstance(value, str):
+        return f"{value[:40]!r}"[:-1] + "…' (" + f"{len(value)} characters)"
+    if isinstance(value, list):
+        return f"an array of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} properties"
+    return repr(value)[:_MAX_VALUE_SHOWN] + "…"
 
 
 #: Size keywords -> (what is counted, the bound's word), for short messages.

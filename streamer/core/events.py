@@ -9,6 +9,7 @@ names the first thing a producer must fix.
 from __future__ import annotations
 
 import sys
+import unicodedata
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,13 +59,16 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("bad_json", f"not valid JSON: {exc}") from None
+        raise InvalidEvent("bad_json", _json_error(raw, exc)) from None
     if not isinstance(doc, dict):
         raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
 
     subject = doc.get("subject")
-    if not isinstance(subject, str) or not subject.strip():
-        raise InvalidEvent("missing_customer_id", "CloudEvents 'subject' (the customer id) is missing or empty")
+    if not isinstance(subject, str):
+        got = ("null" if "subject" in doc else "missing") if subject is None else f"a JSON {_JSON_KIND.get(type(subject), type(subject).__name__)}"
+        raise InvalidEvent("missing_customer_id", f"CloudEvents 'subject' (the customer id) must be a non-empty string; it is {got}")
+    if not subject.strip() or (not subject.isascii() and not _visible(subject)):
+        raise InvalidEvent("missing_customer_id", "CloudEvents 'subject' (the customer id) is empty or has no visible character")
     type_name = doc.get("type")
     if not isinstance(type_name, str) or (expected_role := contracts.INPUT_TYPES.get(type_name)) is None:
         raise InvalidEvent("unknown_type", f"unknown event type {str(type_name)[:80]!r}")
@@ -101,6 +105,28 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     # Interned: the id is a key in several per-partition structures (due-queue, ranking,
     # population rows); one shared string instead of a copy per decode in each.
     return Event(id=doc["id"], type=type_name, time=time, customer=sys.intern(subject), data=data, source=doc["source"])
+
+
+#: Python types orjson parses JSON into -> the JSON name a producer knows them by.
+_JSON_KIND = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+#: Unicode categories of characters that show nothing: separators (spaces), controls, format
+#: characters (zero-width space, direction marks, BOM), unassigned and private-use code points.
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cn", "Co", "Cs"})
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows: an id of only a zero-width space or a
+    right-to-left mark would look empty wherever a marketer reads it."""
+    return any(unicodedata.category(char) not in _INVISIBLE for char in text)
+
+
+def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """orjson's message, except for bytes that are not UTF-8, where it speaks of surrogates."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8: byte 0x{raw[bad.start]:02x} at position {bad.start}"
+    return f"not valid JSON: {exc}"
 
 
 def _normalise_money(type_name: str, data: dict[str, Any], limits: Limits) -> dict[str, Any]:

@@ -228,6 +228,63 @@ def test_missing_customer_id(subject):
     assert reason_of(raw(doc)) == "missing_customer_id"
 
 
+def detail_of(value: bytes, key: bytes | None = b"cust-1") -> str:
+    with pytest.raises(InvalidEvent) as info:
+        decode(value, "orders", key, LIMITS, WALL)
+    return info.value.detail
+
+
+@pytest.mark.parametrize("subject", ["\u200b", "\u202e", "\ufeff", "\u00a0", "\u2028", "\u200b\u200d\u2060", "\U000e0041"])
+def test_a_customer_id_with_nothing_visible_is_missing(subject):
+    """A zero-width space, a direction mark or a tag character alone would look like an empty
+    id wherever a marketer reads it, as a blank one does."""
+    doc = good_order()
+    doc["subject"] = subject
+    assert reason_of(raw(doc), key=subject.encode()) == "missing_customer_id"
+
+
+@pytest.mark.parametrize("subject", ["é", "клиент-7", "客户-7", "alice\u200b", "👩‍💻"])
+def test_a_customer_id_with_something_visible_is_an_id(subject):
+    doc = good_order()
+    doc["subject"] = subject
+    assert decode(raw(doc), "orders", subject.encode(), LIMITS, WALL).customer == subject
+
+
+@pytest.mark.parametrize(
+    "subject, said",
+    [(17, "a JSON number"), (["cust-1"], "a JSON array"), (True, "a JSON boolean"), (None, "null")],
+)
+def test_a_customer_id_that_is_not_a_string_says_what_it_is(subject, said):
+    doc = good_order()
+    doc["subject"] = subject
+    assert detail_of(raw(doc)).endswith(f"must be a non-empty string; it is {said}")
+
+
+def test_bytes_that_are_not_utf8_are_named_as_such():
+    value = raw(good_order()).replace(b'"ORD-1"', b'"ORD-\xff"')
+    position = value.index(b"\xff")
+    assert detail_of(value) == f"not valid UTF-8: byte 0xff at position {position}"
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda doc: doc.update(id=list(range(500))), "id: an array of 500 items is not of type 'string'"),
+        (lambda doc: doc.update(source={str(i): i for i in range(100)}), "source: an object of 100 properties is not of type 'string'"),
+        (
+            lambda doc: doc["data"]["products"][0].update(tier="z" * 300),
+            "data.products[0].tier: '" + "z" * 40 + "…' (300 characters) is not one of ['basic', 'advanced']",
+        ),
+    ],
+)
+def test_a_long_wrong_value_does_not_push_the_reason_out_of_the_message(change, reason):
+    """jsonschema's messages begin with the whole value: a long one used to fill the 256
+    characters of the detail before the reason was said."""
+    doc = good_order()
+    change(doc)
+    assert detail_of(raw(doc)) == reason
+
+
 def test_key_mismatch():
     assert reason_of(raw(good_order()), key=b"cust-2") == "key_mismatch"
 
