@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Callable
 
 from streamer.core.config import TRIGGER_NAMES, GoalRule, ScoringConfig, TriggerRule, day_function
-from streamer.core.families import CHURN_SCORES, FAMILIES, WORD
+from streamer.core.families import CHURN_SCORES, FAMILIES, WORD, fold
 from streamer.errors import ConfigError
 
 DEFAULT_FILE = Path(__file__).with_name("rules.default.toml")
@@ -50,9 +50,13 @@ def _number(p: _Problems, path: str, value: Any, low: float | None = None, high:
     return value
 
 
-def _strings(p: _Problems, path: str, value: Any, allowed: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+def _strings(p: _Problems, path: str, value: Any, allowed: tuple[str, ...] | None = None, empty: str | None = None) -> tuple[str, ...] | None:
+    """A list of names; ``empty``: why an empty list cannot be meant (None: it may be empty)."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         p.add(path, f"expected a list of non-empty strings, got {value!r}")
+        return None
+    if not value and empty is not None:
+        p.add(path, f"is empty: {empty}")
         return None
     if allowed is not None:
         for v in value:
@@ -93,6 +97,9 @@ def _bands(p: _Problems, path: str, value: Any, high: float | None = None) -> tu
         return None
     if floors[-1][1] != 0.0:
         p.add(path, f"the last band ({floors[-1][0]!r}) must start at 0 so every value has a band")
+        return None
+    if len(floors) < 2:
+        p.add(path, "needs at least two bands: with one, every customer is in it and nobody ever changes band")
         return None
     return tuple(floors)
 
@@ -136,7 +143,7 @@ _VALUE_TIER: dict[str, tuple[str, Checker]] = {
 }
 # Sub-rule dataclass fields: key -> checker.
 _CHURN_BAND: dict[str, Checker] = {
-    "scores": lambda p, k, v: _strings(p, k, v, CHURN_SCORES),
+    "scores": lambda p, k, v: _strings(p, k, v, CHURN_SCORES, empty="the churn band needs a score to band (or leave churn_band out of segments.families)"),
     "bands": lambda p, k, v: _bands(p, k, v, 1.0),
     "hysteresis": lambda p, k, v: _number(p, k, v, 0.0, 0.5),
     "recheck_days": lambda p, k, v: _number(p, k, v, 0.0, open_low=True),
@@ -192,15 +199,15 @@ def _goal(p: _Problems, section: str, doc: Any, base: GoalRule) -> GoalRule:
         return base
     parsed = {}
     for name, words in categories.items():
-        keywords = _strings(p, f"{section}.categories.{name}", words)
+        keywords = _strings(p, f"{section}.categories.{name}", words, empty="a category without keywords matches no goal")
         if keywords is None:
             continue
         # A goal is matched word by word: "home studio" or "mixing-desk" could never match.
-        phrases = [w for w in keywords if not WORD.fullmatch(w.lower())]
+        phrases = [w for w in keywords if not WORD.fullmatch(fold(w))]
         if phrases:
             p.add(f"{section}.categories.{name}", f"keywords are single words of letters and digits; {', '.join(map(repr, phrases))} would never match")
             continue
-        parsed[name] = tuple(w.lower() for w in keywords)
+        parsed[name] = tuple(fold(w) for w in keywords)
     if "other" in parsed:
         p.add(f"{section}.categories.other", "'other' is the segment for goals that match no category")
     return GoalRule(categories=MappingProxyType(parsed))
@@ -236,7 +243,7 @@ def _trigger(p: _Problems, name: str, doc: Any, base: TriggerRule, value_tiers: 
         changes["days"] = (float(v),)
     if "factor" in known and (v := _number(p, f"{section}.factor", known["factor"], 0.0, open_low=True)) is not None:
         changes["factor"] = float(v)
-    if "value_tiers" in known and (tiers := _strings(p, f"{section}.value_tiers", known["value_tiers"], value_tiers)) is not None:
+    if "value_tiers" in known and (tiers := _strings(p, f"{section}.value_tiers", known["value_tiers"], value_tiers, empty="nobody could be invited (or set enabled = false)")) is not None:
         changes["value_tiers"] = tiers
     return replace(base, **changes)
 

@@ -333,7 +333,9 @@ class Engine:
                 taken.append(POPULATION_KEY)
         if online is not None and ONLINE_KEY in stored:
             learner = DelayedLabelLearner.from_bytes(stored[ONLINE_KEY])
-            if learner.version > online.learner.version:
+            # A learner trained on labels of another horizon (the rules file changed
+            # learn_horizon_days) would correct offsets it never learned: start afresh.
+            if learner.version > online.learner.version and learner.horizon_s == online.learner.horizon_s:
                 online.learner = learner
                 taken.append(ONLINE_KEY)
         return taken
@@ -563,6 +565,10 @@ class Engine:
         assigned = {segments.LIFECYCLE: segments.lifecycle(feats, scores, config)}
         if clv is not None:
             assigned[segments.VALUE_TIER] = segments.value_tier(clv, clock.ranks, config, state.segments.get(segments.VALUE_TIER))
+        elif state.segments.get(segments.VALUE_TIER) is not None:
+            # Every order refunded: no value left to rank, as the lifecycle has no segment left
+            # (and a VIP who comes back is welcomed again when re-entering the top tier).
+            assigned[segments.VALUE_TIER] = segments.Assignment(None, "no orders")
         wake_at = [segments.next_change_at(feats, scores, config)]
         for family in config.families:
             decision = families.FAMILIES[family](state, feats, scores, config, state.segments.get(family))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
@@ -117,8 +118,15 @@ def community(state: CustomerState, f: Features, scores: dict[str, float], confi
     return Decision(Assignment("member", "joined the community"))
 
 
-#: What a goal's text is split into; keywords are matched against these whole words.
-WORD = re.compile(r"[a-z0-9]+")
+#: What a goal's text is split into (after ``goal_words``' folding); keywords are matched
+#: against these whole words: letters and digits of any script ("créer", "üben", "練習").
+WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str) -> str:
+    """Text as goal words and keywords are compared: NFKC (an "é" typed as "e" and a combining
+    accent is the same word) and case-folded ("Straße" matches "strasse")."""
+    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def goal(state: CustomerState, f: Features, scores: dict[str, float], config: ScoringConfig, current: str | None) -> Decision:
@@ -130,7 +138,7 @@ def goal(state: CustomerState, f: Features, scores: dict[str, float], config: Sc
     text = state.survey.get("goal")
     if not text:
         return Decision(Assignment(None, "no goal stated"))
-    words = set(WORD.findall(str(text).lower()))
+    words = set(WORD.findall(fold(str(text))))
     for category, keywords in config.goal.categories.items():
         if words.intersection(keywords):
             return Decision(Assignment(category, "stated goal matches the category's keywords"))

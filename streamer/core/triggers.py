@@ -28,8 +28,9 @@ from streamer.core.features import Features
 from streamer.core.segments import LIFECYCLE, VALUE_TIER, format_date
 from streamer.core.state import FLAG_ADVANCED, FLAG_BASIC, O_FLAGS, O_TIME, CustomerState, is_void
 
-# Indexes of the per-trigger marks kept in state.triggers[name].
-LAST_FIRED, HANDLED_DUE = 0, 1
+# Indexes of the per-trigger marks kept in state.triggers[name]; onboarding also keeps the
+# last step handled (absent in states stored before it was kept).
+LAST_FIRED, HANDLED_DUE, HANDLED_STEP = 0, 1, 2
 FIRED, COOLDOWN, CONSENT = "fired", "cooldown", "consent"
 
 
@@ -174,13 +175,16 @@ def evaluate(
             continue
         marks = state.triggers.get(name)
         handled = marks[HANDLED_DUE] if marks is not None else 0.0
+        # Onboarding steps are counted from the first order, which moves when that order is
+        # refunded in full: steps already handled must not come due again from the new one.
+        handled_step = marks[HANDLED_STEP] if marks is not None and len(marks) > HANDLED_STEP else 0
         # The latest moment already reached (of equal ones the last listed, as a stable sort
         # by time would give) and the earliest moment still ahead.
         latest: Due | None = None
         ahead: float | None = None
         for due in due_moments(name, rule, state, f, new_segments, config):
             at = due.at
-            if at <= handled:
+            if at <= handled or (due.step is not None and due.step <= handled_step):
                 continue
             if at <= now:
                 if latest is None or at >= latest.at:
@@ -191,7 +195,11 @@ def evaluate(
             # Only the latest moment fires: a customer first seen late (or a replay that
             # starts mid-sequence) gets one onboarding mail, not four at once.
             outcomes.append(_settle(state, name, rule, f, latest.at, latest.reason, latest.step))
-            state.triggers[name][HANDLED_DUE] = latest.at
+            marks = state.triggers[name]
+            marks[HANDLED_DUE] = latest.at
+            if latest.step is not None:
+                del marks[HANDLED_STEP:]
+                marks.append(float(latest.step))
         if ahead is not None and (next_at is None or ahead < next_at):
             next_at = ahead
     for name, reason in transition_reasons(old_segments, new_segments, cause_type, config).items():

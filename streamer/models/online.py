@@ -285,23 +285,33 @@ class Snapshot:
 def label_from_orders(
     order_times_and_values: Iterable[tuple[float, float]], start: float, horizon_s: float, day_of: DayOf = utc_day
 ) -> tuple[int, float]:
-    """(purchase days in ``(start, start + horizon_s]``, spend in that window).
+    """(new purchase days in ``(start, start + horizon_s]``, spend in that window).
 
     Purchase days as everywhere in the project: orders on the same calendar day (``day_of``:
     the shop's, ``ScoringConfig.day_of``) are one purchase, while spend adds every order up.
+    A day that was already a purchase day at ``start`` (an order that day at or before it) is
+    no new purchase: the features scored at ``start`` count it already, so a same-day add-on
+    order must not label the customer as one who bought again.
 
     >>> t0 = 100 * DAY
     >>> orders = [(t0, 10.0), (t0 + 3600, 20.0), (t0 + 3 * DAY, 5.0), (t0 + 3 * DAY + 60, 5.0), (t0 + 30 * DAY, 7.0)]
-    >>> label_from_orders(orders, start=t0, horizon_s=30 * DAY)  # t0 itself is out, t0 + 30 d is in
+    >>> label_from_orders(orders, start=t0, horizon_s=30 * DAY)  # t0's day is out, t0 + 30 d is in
+    (2, 37.0)
+    >>> label_from_orders(orders[1:], start=t0, horizon_s=30 * DAY)  # no order on t0's day before t0
     (3, 37.0)
     """
     end = start + horizon_s
     days = set()
     spend = 0.0
+    latest_before = None
     for t, value in order_times_and_values:
         if start < t <= end:
             days.add(day_of(t))
             spend += value
+        elif t <= start and (latest_before is None or t > latest_before):
+            latest_before = t
+    if latest_before is not None:
+        days.discard(day_of(latest_before))
     return len(days), spend
 
 

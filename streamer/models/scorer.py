@@ -75,7 +75,12 @@ def fit_population(
     usable = repeaters & (m > 0)
     gamma_gamma = previous.gamma_gamma
     if int(usable.sum()) >= MIN_REPEAT_CUSTOMERS:
-        gamma_gamma = btyd.fit_gamma_gamma(x[usable], m[usable], initial=previous.gamma_gamma)
+        fitted = btyd.fit_gamma_gamma(x[usable], m[usable], initial=previous.gamma_gamma)
+        # q <= 1 (very heavy-tailed spend): the population's mean order value p·v/(q−1) does
+        # not exist, and the formula gives a customer with no repeat purchase a negative value
+        # (so a negative CLV). Keep the spend model in force until the data give a usable one.
+        if fitted.q > 1.0:
+            gamma_gamma = fitted
     return PopulationModel(bgnbd, gamma_gamma, fitted_at)
 
 

@@ -16,7 +16,7 @@ from corekit import DAY, T0, email_doc, envelope, order_doc, parse, raw
 
 from streamer import contracts
 from streamer.core import outputs
-from streamer.core.config import ScoringConfig
+from streamer.core.config import Limits, ScoringConfig
 from streamer.core.engine import DEAD_LETTER, SCORES, SEGMENT_CHANGES, DictStore, Engine, PartitionClock, Record
 from streamer.core.state import CustomerState, is_void
 from streamer.simulator import TOPIC_OF_TYPE, ShopSimulator
@@ -272,6 +272,22 @@ def test_segment_change_ids_are_deterministic_and_distinct():
 
 def outgoing_bytes(results) -> list[list[tuple]]:
     return [[(o.topic_role, o.key, o.value) for o in r.outgoing] for r in results]
+
+
+def test_a_stored_learner_of_another_label_horizon_is_not_taken():
+    """After learn_horizon_days changes in the rules file, the learners persisted under the old
+    horizon would correct the new horizon's offsets with what they learned for the old one."""
+    from streamer.models.online import FEATURE_NAMES, Snapshot
+
+    trained = Engine(ScoringConfig(learn_horizon_days=90), Limits())
+    snap = Snapshot(0.0, {name: 0.0 for name in FEATURE_NAMES} | {"p_no_purchase": 0.5}, 1.0)
+    for _ in range(3):
+        trained.online.learner.learn(snap, True, 0, 90 * DAY)
+    stored = trained.export_models()
+    assert Engine(ScoringConfig(learn_horizon_days=90), Limits()).import_models(stored) == ["online"]  # control
+    other = Engine(ScoringConfig(learn_horizon_days=30), Limits())
+    assert "online" not in other.import_models(stored)
+    assert other.online.learner.version == 0 and other.online.learner.horizon_s == 30 * DAY
 
 
 def test_processing_twice_is_byte_identical():

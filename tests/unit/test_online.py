@@ -112,8 +112,12 @@ def test_label_counts_same_day_orders_once_and_sums_spend() -> None:
     day5 = start + 5 * DAY
     orders = [(day5 + 60, 10.0), (day5 + 3600, 20.0), (day5 + 23 * 3600, 5.0), (day5 + DAY + 1, 2.5)]
     assert label_from_orders(orders, start, HORIZON) == (2, 37.5)
-    # An order on the start's own day but after it counts; the one at the start does not.
-    assert label_from_orders([(start, 9.0), (start + 60, 1.0)], start, HORIZON) == (1, 1.0)
+    # A same-day add-on to the order the snapshot was taken at is no new purchase day (the
+    # features at the start count that day already), though its spend is in the window ...
+    assert label_from_orders([(start, 9.0), (start + 60, 1.0)], start, HORIZON) == (0, 1.0)
+    assert label_from_orders([(start + 3600, 9.0), (start + 7200, 1.0)], start + 5400, HORIZON) == (0, 1.0)
+    # ... while the first order of the start's day, after a snapshot taken at another event, is.
+    assert label_from_orders([(start - DAY, 9.0), (start + 60, 1.0)], start, HORIZON) == (1, 1.0)
     assert label_from_orders([], start, HORIZON) == (0, 0.0)
 
 

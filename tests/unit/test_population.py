@@ -48,6 +48,42 @@ def test_a_real_fit_replaces_the_prior_and_is_versioned() -> None:
     assert 0.1 < model.bgnbd.r < 0.5 and 0.3 < model.bgnbd.a < 2.0
 
 
+def _bgnbd_population(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, t_x, T) in days of ``n`` customers drawn from a BG/NBD population."""
+    lam = rng.gamma(0.25, 1 / 4.0, n) / 7  # purchases per day
+    p = rng.beta(0.8, 2.4, n)
+    T = rng.integers(30, 273, n).astype(float)
+    x, t_x = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        t = 0.0
+        while True:
+            t += rng.exponential(1 / lam[i]) if lam[i] > 0 else np.inf
+            if t > T[i]:
+                break
+            x[i] += 1
+            t_x[i] = t
+            if rng.random() < p[i]:
+                break
+    return x, t_x, T
+
+
+def test_a_spend_fit_with_no_population_mean_keeps_the_spend_model_in_force() -> None:
+    """Spend so heavy-tailed that Gamma-Gamma's q comes out below 1: p·v/(q−1), the value of
+    an order of a customer with no repeat purchase, would be negative, and so their CLV."""
+    from streamer.models import btyd
+
+    rng = np.random.default_rng(5)
+    x, t_x, T = _bgnbd_population(rng, 3000)
+    nu = rng.gamma(0.7, 1 / 20.0, x.size)  # spend heterogeneity with q = 0.7
+    m = np.where(x > 0, rng.gamma(4.0 * np.maximum(x, 1), 1 / (np.maximum(x, 1) * nu)), 0.0)
+    usable = (x > 0) & (m > 0)
+    assert btyd.fit_gamma_gamma(x[usable], m[usable]).q < 1.0  # the premise: the raw fit is unusable
+    model = fit_population(x, t_x, T, m, fitted_at=4.0)
+    assert model.bgnbd != PopulationModel().bgnbd  # purchases were refitted ...
+    assert model.gamma_gamma == PopulationModel().gamma_gamma  # ... spend kept as it was
+    assert btyd.expected_value(model.gamma_gamma, 0, 0.0) > 0
+
+
 def test_the_scorer_computes_exactly_what_the_reference_formulas_give() -> None:
     """BTYDScorer evaluates everything with one vectorised call; btyd.py's functions are the
     reference, one quantity at a time."""

@@ -113,6 +113,25 @@ def test_a_file_whose_rules_could_never_fire_is_refused():
     assert rules.parse(doc).triggers["advocate_invitation"].value_tiers == ("vip",)
 
 
+def test_empty_lists_and_single_bands_that_leave_a_rule_with_nothing_to_do_are_refused():
+    doc = {
+        "segments": {
+            "churn_band": {"scores": [], "bands": {"high": 0.0}},
+            "value_tier": {"tiers": {"everyone": 0.0}},
+            "goal": {"categories": {"learn": []}},
+        },
+        "triggers": {"advocate_invitation": {"value_tiers": []}},
+    }
+    assert_problems(
+        doc,
+        "segments.churn_band.scores: is empty: the churn band needs a score to band (or leave churn_band out of segments.families)",
+        "segments.churn_band.bands: needs at least two bands: with one, every customer is in it and nobody ever changes band",
+        "segments.value_tier.tiers: needs at least two bands: with one, every customer is in it and nobody ever changes band",
+        "segments.goal.categories.learn: is empty: a category without keywords matches no goal",
+        "triggers.advocate_invitation.value_tiers: is empty: nobody could be invited (or set enabled = false)",
+    )
+
+
 def test_bad_toml_and_missing_file_say_so(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("x = [\n")

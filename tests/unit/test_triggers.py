@@ -164,6 +164,31 @@ def test_a_returned_order_is_no_purchase_to_follow_up():
     assert [(old, new, day) for customer, old, new, day in shop.changes("lifecycle") if customer == "a"] == [(None, "new", 0.0), ("new", None, 1.0)]
 
 
+def test_onboarding_steps_already_sent_do_not_come_due_again_when_the_first_order_is_returned():
+    """The steps count from the first order; returning it makes a later order the first.
+    Steps 1 and 2, sent from day 0, are not sent again from day 5: the sequence goes on."""
+    shop = Shop(only("onboarding"))
+    shop.order("a", 0, "A1")
+    shop.order("a", 5, "A2")
+    shop.send("orders", refund_doc("a", T0 + 6 * DAY, "A1", 100.0, "ra-1"))
+    shop.tick(40)
+    assert shop.triggers() == [("a", "onboarding", 1, 0.0), ("a", "onboarding", 2, 3.0), ("a", "onboarding", 3, 12.0), ("a", "onboarding", 4, 19.0)]
+
+
+def test_the_value_tier_is_left_when_every_order_is_returned_and_entered_again_on_a_new_one():
+    cfg = replace(only("vip_welcome"), value_tier_min_population=5)
+    shop = Shop(cfg)
+    for i in range(10):
+        shop.order(f"small-{i}", 0, f"S{i}", total=20.0)
+    shop.order("a", 1, "A1", total=1000.0)
+    shop.send("orders", refund_doc("a", T0 + 2 * DAY, "A1", 1000.0, "ra-1"))
+    assert [(old, new, day) for customer, old, new, day in shop.changes("value_tier") if customer == "a"] == [(None, "top", 1.0), ("top", None, 2.0)]
+    assert shop.store.get("a").segments["value_tier"] is None
+    assert ("value_tier", "top") not in shop.engine.clock(0).populations
+    shop.order("a", 400, "A2", total=1000.0)  # past vip_welcome's cooldown: welcomed again
+    assert shop.triggers("vip_welcome") == [("a", "vip_welcome", None, 1.0), ("a", "vip_welcome", None, 400.0)]
+
+
 # -- transition triggers ---------------------------------------------------------------------------
 
 
@@ -317,6 +342,21 @@ def test_community_goal_and_advocate_families():
     assert shop.changes("community") == [("a", None, "member", 0.0), ("a", "member", "contributor", 1.0)]
     assert shop.changes("advocate") == [("a", None, "reviewer", 1.0)]
     assert shop.changes("goal") == [("a", None, "create", 2.0), ("b", None, "other", 2.0)]
+
+
+def test_goal_keywords_in_any_script_match_whole_words():
+    """A German or French shop's keywords: words of any letters, compared case-folded and in
+    one Unicode form; a fragment of a word ("ben" in "üben") is no match."""
+    import tomllib
+
+    from streamer import rules
+
+    cfg = rules.parse(tomllib.loads('[segments.goal.categories]\ncreate = ["créer", "aufnehmen"]\nlearn = ["üben", "STRASSE"]\nperform = ["ben"]'))
+    shop = Shop(replace(only(), goal=cfg.goal, families=cfg.families))
+    shop.survey("a", 1, "s1", "Ich möchte Gitarre ÜBEN")
+    shop.survey("b", 1, "s2", "cre\u0301er des chansons")  # é as e + a combining accent
+    shop.survey("c", 1, "s3", "Musik auf der Straße")
+    assert shop.changes("goal") == [("a", None, "learn", 1.0), ("b", None, "create", 1.0), ("c", None, "learn", 1.0)]
 
 
 def test_super_user_falls_back_to_contributor_when_quiet():
