@@ -76,7 +76,7 @@ def _timezone(p: _Problems, path: str, value: Any) -> str | None:
         return None
     try:
         day_function(value)
-    except ValueError as exc:
+    except ConfigError as exc:
         p.add(path, str(exc))
         return None
     return value

@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from streamer.errors import ConfigError
+
 DAY = 86_400.0
 YEAR_DAYS = 365.25
 
@@ -52,7 +54,7 @@ def day_function(timezone: str) -> DayOf:
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {timezone!r} (an IANA name such as 'Europe/Berlin')") from None
+        raise ConfigError(f"unknown time zone {timezone!r} (an IANA name such as 'Europe/Berlin')") from None
 
     def offset_at(t: float) -> float:
         offset = datetime.fromtimestamp(t, zone).utcoffset()

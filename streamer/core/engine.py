@@ -54,7 +54,7 @@ def default_scorers(config: ScoringConfig) -> list[Scorer]:
 class Record:
     """One consumed Kafka record, as the shell hands it over."""
 
-    topic_role: str  # logical input topic: "orders", "email-events", "community-events"
+    topic_role: str  # logical input topic: "orders", "email-events", "community-events", "erasure-requests"
     topic: str  # actual topic name (for dead-letter provenance)
     partition: int
     offset: int

@@ -1,8 +1,9 @@
 """Decode and validate one raw Kafka record into an :class:`Event`.
 
-Everything that can be wrong with an input is detected here and raised as
+Everything that can be wrong with an input on its own is detected here and raised as
 :class:`~streamer.errors.InvalidEvent` with a reason code, so the shell only has to route it to
-the dead-letter topic. Order of checks: cheapest and most fundamental first, so the reason
+the dead-letter topic (what only the customer's state can refuse, such as one refund too many,
+is raised the same way by ``streamer.core.state.apply``). Order of checks: cheapest and most fundamental first, so the reason
 names the first thing a producer must fix.
 """
 
@@ -49,7 +50,8 @@ MAX_CUSTOMER_ID_BYTES = 128
 def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits, wall_now: float) -> Event:
     """Turn one record's bytes into an :class:`Event`, or raise :class:`InvalidEvent`.
 
-    ``topic_role`` is the logical input topic ("orders", "email-events", "community-events"),
+    ``topic_role`` is the logical input topic ("orders", "email-events", "community-events",
+    "erasure-requests"),
     ``wall_now`` the wall-clock time used to reject events from the far future.
     """
     if raw is None:

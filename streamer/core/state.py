@@ -3,6 +3,8 @@
 State is built so that applying the same set of events in any order gives the same result
 (orders are keyed by ``order_id``, refunds by event id, time fields take the max): late and
 out-of-order events then need no special handling, and redelivered events change nothing.
+The exception is a customer past ``max_orders_kept`` orders, whose oldest are folded into
+aggregates (see ``_fold_oldest`` and ``_refund_archived``).
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: ~4.5 µs (~228 bytes). Measured over 3,000 simulator states; a state is written and read
 #: ~1.6 times an event.
 _ZSTD_LEVEL = 3
-#: A state is a few KB at most (orders and ids are capped); a frame that says it holds more is
+#: A state is bounded (orders, refunds and ids are capped in number, ids in length: a few KB
+#: usually, a few hundred KB at worst); a frame that says it holds more than this is
 #: corrupt, and is refused before anything that size is allocated.
 _ZSTD_MAX_STATE_BYTES = 16 * 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""The Faust App — configuration only; everything else imports this module."""
+"""The Faust App — configuration only; the agents, tables and topics import it, never the reverse."""
 
 from __future__ import annotations
 

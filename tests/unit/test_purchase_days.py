@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from streamer.core.config import ScoringConfig, day_function, utc_day
 from streamer.core.engine import SCORES, DictStore, Engine, Record
 from streamer.core.features import compute
+from streamer.errors import ConfigError
 from streamer.models.online import label_from_orders
 
 NEW_YORK = ScoringConfig(purchase_day_timezone="America/New_York")
@@ -62,7 +63,7 @@ def test_days_are_the_zones_calendar_days_anywhere(t: float, zone: str) -> None:
 
 def test_utc_is_the_fast_path_and_unknown_zones_are_refused() -> None:
     assert day_function("UTC") is utc_day and ScoringConfig().day_of is utc_day
-    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'"):
         day_function("Mars/Olympus")
 
 
