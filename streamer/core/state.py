@@ -133,6 +133,11 @@ class CustomerState:
     archive: list[float] = field(default_factory=lambda: [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0])
     #: Ids of the most recently archived orders, so their redelivery is still recognised.
     archived_ids: list[str] = field(default_factory=list)
+    #: What each of the last ``len(archived_left)`` archived orders (aligned with the end of
+    #: ``archived_ids``) still has to refund: a refund of a folded order is capped by its own
+    #: order, not only by the whole archive. Shorter than ``archived_ids`` in states stored
+    #: before it was kept.
+    archived_left: list[float] = field(default_factory=list)
     email: dict[str, Any] = field(default_factory=dict)
     survey: dict[str, Any] = field(default_factory=dict)
     community: dict[str, Any] = field(default_factory=dict)
@@ -218,6 +223,7 @@ class CustomerState:
             refunds={order_id: dict(by_event) for order_id, by_event in self.refunds.items()},
             archive=list(self.archive),
             archived_ids=list(self.archived_ids),
+            archived_left=list(self.archived_left),
             email=dict(self.email),
             survey=dict(self.survey),
             community=dict(self.community),
@@ -293,13 +299,17 @@ def _fold_oldest(state: CustomerState, day_of: DayOf) -> None:
     """Move the oldest kept order into the archive aggregates, net of its refunds."""
     order_id = min(state.orders, key=lambda oid: (state.orders[oid][O_TIME], oid))
     order = state.orders.pop(order_id)
+    refunds = state.refunds.pop(order_id, {})
+    void = is_void(order, refunds)
+    total, margin = net_of_refunds(order, refunds)
     state.archived_ids.append(order_id)
+    state.archived_left.append(0.0 if void else max(total, 0.0))
     if len(state.archived_ids) > ARCHIVED_IDS_KEPT:
         del state.archived_ids[0]
-    refunds = state.refunds.pop(order_id, {})
-    if is_void(order, refunds):
+    if len(state.archived_left) > len(state.archived_ids):
+        del state.archived_left[0]
+    if void:
         return  # returned: nothing to add up (its id is kept above, for de-duplication)
-    total, margin = net_of_refunds(order, refunds)
     arch = state.archive
     day = day_of(order[O_TIME])
     # The archive counts the distinct days of *its* orders. Folding goes oldest first, so a
@@ -340,7 +350,7 @@ def is_void(order: list[float], refunds: dict[str, float] | None) -> bool:
 def _order_refunded(state: CustomerState, event: Event, config: ScoringConfig) -> None:
     order_id, amount = event.data["order_id"], event.data["total"]
     if order_id not in state.orders and order_id in state.archived_ids:
-        _refund_archived(state, amount)
+        _refund_archived(state, order_id, amount)
         _remember(state, event_key(event), config)  # no refunds entry to keep its key in
         return
     kept = sum(map(len, state.refunds.values()))
@@ -352,13 +362,20 @@ def _order_refunded(state: CustomerState, event: Event, config: ScoringConfig) -
     state.refunds.setdefault(order_id, {})[event_key(event)] = amount
 
 
-def _refund_archived(state: CustomerState, amount: float) -> None:
+def _refund_archived(state: CustomerState, order_id: str, amount: float) -> None:
     """A refund of an order already folded into the archive (a customer of more than
-    ``max_orders_kept`` orders): the order's own total and margin are gone, so the refund
-    comes off the archive's revenue (never below 0) and its margin at the archive's average
-    margin rate. Refunded before the fold, the same order would have been netted exactly."""
+    ``max_orders_kept`` orders): the order's margin is gone, so the refund comes off the
+    archive's revenue and its margin at the archive's average margin rate. It is capped by
+    what that order still had to refund (as a refund before the fold is capped by its order),
+    and never takes the archive below 0. Refunded before the fold, the same order would have
+    been netted exactly."""
     arch = state.archive
     taken = min(amount, max(arch[1], 0.0))
+    # archived_left is aligned with the end of archived_ids (shorter in older states).
+    slot = len(state.archived_left) - (len(state.archived_ids) - state.archived_ids.index(order_id))
+    if slot >= 0:
+        taken = min(taken, state.archived_left[slot])
+        state.archived_left[slot] -= max(taken, 0.0)
     if taken <= 0:
         return
     margin_rate = arch[2] / arch[1]

@@ -236,6 +236,28 @@ def test_a_refund_of_an_archived_order_comes_off_the_archive():
     assert is_duplicate(after, late) and apply(after, late, SMALL) is after
 
 
+def test_a_refund_of_an_archived_order_is_capped_by_that_order_as_before_the_fold():
+    """A refund larger than its folded order (or a second one of the same order) took the
+    whole archive down with it: 10 orders of 100 became 0 of revenue. Now it takes what that
+    order still had, as the same refund would before the fold."""
+    orders = [order(f"o{i}", T0 + i * DAY, 100.0, 30.0) for i in range(12)]
+    before_fold = fold([orders[0], refund("r0", "o0", T0 + 0.5 * DAY, 1e7), *orders[1:]], SMALL)
+    after_fold = fold([*orders, refund("r0", "o0", T0 + 20 * DAY, 1e7)], SMALL)
+    assert "o0" in after_fold.archived_ids
+    f_before, f_after = compute(before_fold, T0 + 30 * DAY, SMALL), compute(after_fold, T0 + 30 * DAY, SMALL)
+    assert f_after.revenue == pytest.approx(1100.0) and f_before.revenue == pytest.approx(1100.0)
+    # Partial refunds of one folded order add up to at most that order.
+    parts = fold([*orders, refund("ra", "o1", T0 + 20 * DAY, 60.0), refund("rb", "o1", T0 + 21 * DAY, 60.0)], SMALL)
+    assert compute(parts, T0 + 30 * DAY, SMALL).revenue == pytest.approx(1100.0)
+    assert parts.archived_left[parts.archived_ids.index("o1")] == 0.0
+    # The state round-trips; one stored before it kept what is left caps by the archive only.
+    assert CustomerState.from_bytes(parts.to_bytes()) == parts
+    old = orjson.loads(after_fold.to_bytes("none"))
+    del old["archived_left"]
+    legacy = apply(CustomerState.from_bytes(orjson.dumps(old)), refund("r1", "o1", T0 + 22 * DAY, 50.0), SMALL)
+    assert legacy.archived_left == [] and legacy.archive[1] == pytest.approx(after_fold.archive[1] - 50.0)
+
+
 def test_unknown_type_raises():
     with pytest.raises(ValueError, match="no state handler"):
         apply(CustomerState("c1"), other("x", "Cart Viewed", T0), CFG)
