@@ -236,6 +236,7 @@ def compress(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | No
     w_a = None if weights is None else np.asarray(weights, dtype=float).ravel()
     if not (x_a.shape == t_a.shape == T_a.shape) or (w_a is not None and w_a.shape != x_a.shape):
         raise ValueError("x, t_x, T (and weights) must have the same length")
+    _check_histories(x_a, T_a, t_a)
     if x_a.size == 0:
         return Summaries(x_a, t_a, T_a, w_a)
     # Sort the rows lexicographically and cut where any column changes — the same groups as
@@ -384,6 +385,22 @@ def _as_arrays(*values: ArrayLike) -> tuple[bool, list[Array]]:
     return scalar, [np.array(a, dtype=float) for a in arrays]
 
 
+def _check_histories(x: Array, T: Array, t_x: Array | None = None, t: Array | None = None) -> None:
+    """Refuse what is no customer history, where the formulas would not fail but answer
+    wrongly: a NaN x came out as P(alive) = 1, a negative horizon as a probability above 1, an
+    infinite T as a ZeroDivisionError deep in the quadrature."""
+    named = {"x": x, "T": T, "t_x": t_x, "t": t}
+    for name, values in named.items():
+        if values is None:
+            continue
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{name} must be finite (no NaN or infinity)")
+        if np.any(values < 0):
+            raise ValueError(f"{name} must be >= 0")
+    if t_x is not None and np.any(t_x > T + 1e-9 * np.maximum(T, 1.0)):
+        raise ValueError("t_x (time of the last purchase) must not be after T (the customer's age)")
+
+
 def _out(value: Array, scalar: bool) -> float | Array:
     return float(value) if scalar else value
 
@@ -412,6 +429,7 @@ def p_alive(params: BGNBDParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> 
     1.0
     """
     scalar, (x_a, t_a, T_a) = _as_arrays(x, t_x, T)
+    _check_histories(x_a, T_a, t_a)
     return _out(special.expit(-_log_odds_dropped(params, x_a, t_a, T_a)), scalar)
 
 
@@ -596,6 +614,7 @@ def expected_purchases(
     ₂F₁ and its numerically stable evaluation.
     """
     scalar, (t_a, x_a, t_xa, T_a) = _as_arrays(t, x, t_x, T)
+    _check_histories(x_a, T_a, t_xa, t_a)
     alive = special.expit(-_log_odds_dropped(params, x_a, t_xa, T_a))
     return _out(alive * _alive_expectation(params, t_a, x_a, T_a), scalar)
 
@@ -609,6 +628,7 @@ def p_no_purchase(params: BGNBDParams, t: ArrayLike, x: ArrayLike, t_x: ArrayLik
     """
     r = params.r
     scalar, (t_a, x_a, t_xa, T_a) = _as_arrays(t, x, t_x, T)
+    _check_histories(x_a, T_a, t_xa, t_a)
     alive = special.expit(-_log_odds_dropped(params, x_a, t_xa, T_a))
     silent = np.exp((r + x_a) * (np.log(params.alpha + T_a) - np.log(params.alpha + T_a + t_a)))
     return _out((1.0 - alive) + alive * silent, scalar)
@@ -622,6 +642,7 @@ def expected_purchases_new(params: BGNBDParams, t: ArrayLike) -> float | Array:
     """
     scalar, (t_a,) = _as_arrays(t)
     zeros = np.zeros_like(t_a)
+    _check_histories(zeros, zeros, t=t_a)
     return _out(_alive_expectation(params, t_a, zeros, zeros), scalar)
 
 
@@ -648,6 +669,7 @@ def expected_next_purchase_time(
     if not 0.0 < quantile < 1.0:
         raise ValueError("quantile must be in (0, 1)")
     scalar, (x_a, T_a) = _as_arrays(x, T)
+    _check_histories(x_a, T_a)
     shape = params.r + x_a
     return _out((params.alpha + T_a) * np.expm1(-math.log1p(-quantile) / shape), scalar)
 
@@ -799,6 +821,7 @@ def discounted_clv(
     if steps < 1:
         raise ValueError("steps must be >= 1")
     scalar, (x_a, t_xa, T_a, m_a) = _as_arrays(x, t_x, T, mean_value)
+    _check_histories(x_a, T_a, t_xa)
     alive = special.expit(-_log_odds_dropped(bg, x_a, t_xa, T_a))
     value = np.asarray(expected_value(gg, x_a, m_a), dtype=float)
     total = np.zeros_like(x_a)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from datetime import date
 from pathlib import Path
@@ -541,3 +542,24 @@ def test_several_horizons_at_once_give_the_one_horizon_values_exactly(params):
         together = btyd.alive_expectations_scalar(params, horizons, float(x), float(T))
         one_by_one = [btyd.alive_expectation_scalar(params, t, float(x), float(T)) for t in horizons]
         assert together == one_by_one
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda bg: btyd.p_alive(bg, float("nan"), 0.0, 10.0), "x must be finite"),
+        (lambda bg: btyd.p_alive(bg, [1, 2], [5.0, 12.0], [10.0, 10.0]), "t_x (time of the last purchase) must not be after T"),
+        (lambda bg: btyd.expected_purchases(bg, float("nan"), 1, 5.0, 10.0), "t must be finite"),
+        (lambda bg: btyd.p_no_purchase(bg, -1.0, 1, 5.0, 10.0), "t must be >= 0"),
+        (lambda bg: btyd.expected_purchases(bg, 10.0, 1, 5.0, float("inf")), "T must be finite"),
+        (lambda bg: btyd.expected_purchases_new(bg, -3.0), "t must be >= 0"),
+        (lambda bg: btyd.expected_next_purchase_time(bg, -1, 10.0), "x must be >= 0"),
+        (lambda bg: btyd.compress([1, 0], [3.0, 0.0], [2.0, 4.0]), "must not be after T"),
+    ],
+)
+def test_what_is_no_customer_history_is_refused_not_scored(call, message) -> None:
+    """Before, a NaN x gave P(alive) = 1, a negative horizon a probability above 1 and an
+    infinite T a ZeroDivisionError: wrong answers for a data scientist's missing values."""
+    bg = btyd.BGNBDParams(0.243, 4.414, 0.793, 2.426)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(bg)
