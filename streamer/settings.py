@@ -57,7 +57,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CLOCK": ("event", "`event`: timers follow each partition's newest event time (replays give the same triggers as living through them). `wall`: they also follow the wall clock, so quiet partitions fire on time."),
     "CLOCK_TICK_SECONDS": ("1", "With CLOCK=wall: how often the due-queues are checked against the wall clock."),
     "MAX_EVENT_BYTES": ("65536", "Inputs larger than this go to dead-letter as `oversized`."),
-    "MAX_FUTURE_SKEW_SECONDS": ("86400", "Event times later than now + this go to dead-letter as `absurd_value`."),
+    "MAX_FUTURE_SKEW_SECONDS": ("3600", "Event times later than now + this go to dead-letter as `absurd_value`: an event from the future would move its partition's event-time clock ahead and fire the timers of every customer there early."),
     "REPORTING_CURRENCY": ("USD", "Currency every amount is converted to."),
     "FX_RATES": ("", "Extra accepted currencies, `EUR=1.08,GBP=1.27` (reporting-currency units per unit)."),
     "DISCOUNT_RATE": ("0.10", "*Override.* Annual discount rate of the formula CLV."),

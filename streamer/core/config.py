@@ -81,8 +81,11 @@ class Limits:
     """What counts as absurd or oversized input."""
 
     max_event_bytes: int = 64 * 1024
-    #: Event times later than wall clock + this are rejected (clock skew allowance).
-    max_future_skew_s: float = DAY
+    #: Event times later than wall clock + this are rejected (clock skew allowance). An event
+    #: from the future moves its partition's event-time clock there, and every timer of the
+    #: partition's customers due before it fires early: an hour of skew, not a day (a producer
+    #: stamping local time as UTC, hours ahead, is dead-lettered rather than obeyed).
+    max_future_skew_s: float = 3600.0
     #: Event times before this (epoch seconds) are rejected; 1990-01-01 keeps 1990s
     #: transaction logs such as CDNOW replayable.
     min_event_time: float = 631_152_000.0

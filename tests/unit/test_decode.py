@@ -98,8 +98,8 @@ def test_non_order_data_passes_through():
 def test_time_boundaries_are_inclusive():
     at_min = order_doc("cust-1", "1990-01-01T00:00:00Z", "ORD-1")
     assert decode(raw(at_min), "orders", b"cust-1", LIMITS, WALL).time == 631_152_000.0
-    at_max = order_doc("cust-1", iso(WALL + DAY), "ORD-1")
-    assert decode(raw(at_max), "orders", b"cust-1", LIMITS, WALL).time == WALL + DAY
+    at_max = order_doc("cust-1", iso(WALL + LIMITS.max_future_skew_s), "ORD-1")
+    assert decode(raw(at_max), "orders", b"cust-1", LIMITS, WALL).time == WALL + LIMITS.max_future_skew_s
 
 
 def test_size_limit_is_inclusive():
@@ -332,6 +332,13 @@ def test_absurd_time_respects_limits():
     assert reason_of(raw(doc), limits=Limits(min_event_time=T0)) == "absurd_value"
     late = order_doc("cust-1", iso(WALL + 3600), "ORD-1")
     assert reason_of(raw(late), limits=Limits(max_future_skew_s=60)) == "absurd_value"
+
+
+def test_an_event_more_than_an_hour_ahead_of_the_wall_clock_is_absurd_by_default():
+    """A producer stamping local time as UTC (hours ahead) would move the partition's clock
+    there and fire every customer's timers early: refused, while seconds of skew are fine."""
+    assert decode(raw(order_doc("cust-1", iso(WALL + 3500), "ORD-1")), "orders", b"cust-1", LIMITS, WALL).time == WALL + 3500
+    assert reason_of(raw(order_doc("cust-1", iso(WALL + 3 * 3600), "ORD-1"))) == "absurd_value"
 
 
 def test_absurd_margin_above_total():
