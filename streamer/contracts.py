@@ -174,39 +174,51 @@ def _message(error: jsonschema.ValidationError) -> str:
         names = [name for branch in error.validator_value for name in branch["required"]]
         return "at least one of " + ", ".join(map(repr, names)) + " is required"
     if error.validator == "pattern" and isinstance(schema.get("description"), str):
-        return f"{error.instance!r} does not match the expected format ({schema['description']})"
+        return f"{_shown(error.instance)} does not match the expected format ({schema['description']})"
     if error.validator in _SIZE_WORDS and isinstance(error.instance, (list, dict, str)):
         # jsonschema writes the whole value first ("[{}, {}, ...] is too long"): for a long
         # one the reason was cut off at the message limit. Say its size instead.
         unit, bound = _SIZE_WORDS[error.validator]
         return f"{len(error.instance)} {unit}, {bound} {error.validator_value}"
-    shown = repr(error.instance)
-    if len(shown) > _MAX_VALUE_SHOWN and error.message.startswith(shown):
+    whole = repr(error.instance)
+    if error.message.startswith(whole):
         # Most of jsonschema's messages begin with the whole value ("[0, 1, ...] is not of
         # type 'string'"): a long one pushed the reason past the message limit.
-        return _brief(error.instance) + error.message[len(shown):]
+        return _shown(error.instance) + error.message[len(whole):]
     return error.message
 
 
-#: Longest value quoted whole in a message; a longer one is shortened (see ``_brief``).
+#: Longest value quoted whole in a message; a longer one is shortened (see ``_shown``).
 _MAX_VALUE_SHOWN = 60
 
 
-def _brief(value: Any) -> str:
-    """A long value named by its kind and size, with its beginning for a string.
+def _shown(value: Any) -> str:
+    r"""A value as a message quotes it: whole when short, else named by its kind and size, with
+    its beginning for a string.
 
-    >>> _brief("x" * 300)
-    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' (300 characters)"
-    >>> _brief(list(range(1000)))
+    >>> _shown("abc"), _shown("x" * 300)
+    ("'abc'", "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' (300 characters)")
+    >>> print(_shown("\x01" * 20))  # short, but long once escaped: cut, its quotes kept whole
+    '\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01…' (20 characters)
+    >>> print(_shown("it's " * 60))
+    "it's it's it's it's it's it's it's it's …" (300 characters)
+    >>> _shown(list(range(1000)))
     'an array of 1000 items'
     """
+    whole = repr(value)
+    if len(whole) <= _MAX_VALUE_SHOWN:
+        return whole
     if isinstance(value, str):
-        return f"{value[:40]!r}"[:-1] + "…' (" + f"{len(value)} characters)"
+        keep = min(len(value), 40)
+        while len(repr(value[:keep])) > 42:
+            keep -= 1
+        quoted = repr(value[:keep])  # with its own quotes: ' or ", whichever repr chose
+        return f"{quoted[:-1]}\u2026{quoted[-1]} ({len(value)} characters)"
     if isinstance(value, list):
         return f"an array of {len(value)} items"
     if isinstance(value, dict):
         return f"an object of {len(value)} properties"
-    return repr(value)[:_MAX_VALUE_SHOWN] + "…"
+    return whole[:_MAX_VALUE_SHOWN] + "\u2026"
 
 
 #: Size keywords -> (what is counted, the bound's word), for short messages.

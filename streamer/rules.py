@@ -16,8 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
-from streamer.core.config import TRIGGER_NAMES, GoalRule, ScoringConfig, TriggerRule, day_function
-from streamer.core.families import CHURN_SCORES, FAMILIES, WORD, fold
+from streamer.core.config import TRIGGER_NAMES, GoalRule, ScoringConfig, TriggerRule, day_function, goal_words
+from streamer.core.families import CHURN_SCORES, FAMILIES
 from streamer.errors import ConfigError
 
 DEFAULT_FILE = Path(__file__).with_name("rules.default.toml")
@@ -203,11 +203,11 @@ def _goal(p: _Problems, section: str, doc: Any, base: GoalRule) -> GoalRule:
         if keywords is None:
             continue
         # A goal is matched word by word: "home studio" or "mixing-desk" could never match.
-        phrases = [w for w in keywords if not WORD.fullmatch(fold(w))]
+        phrases = [w for w in keywords if len(goal_words(w)) != 1]
         if phrases:
             p.add(f"{section}.categories.{name}", f"keywords are single words of letters and digits; {', '.join(map(repr, phrases))} would never match")
             continue
-        parsed[name] = tuple(fold(w) for w in keywords)
+        parsed[name] = tuple(next(iter(goal_words(w))) for w in keywords)
     if "other" in parsed:
         p.add(f"{section}.categories.other", "'other' is the segment for goals that match no category")
     return GoalRule(categories=MappingProxyType(parsed))

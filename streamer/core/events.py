@@ -112,14 +112,19 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
 #: Python types orjson parses JSON into -> the JSON name a producer knows them by.
 _JSON_KIND = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
 #: Unicode categories of characters that show nothing: separators (spaces), controls, format
-#: characters (zero-width space, direction marks, BOM), unassigned and private-use code points.
-_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cn", "Co", "Cs"})
+#: characters (zero-width space, direction marks, BOM), private-use code points and lone
+#: surrogates. Unassigned code points (Cn) are not among them: to this Python's Unicode
+#: database a newer emoji is unassigned, and it shows.
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Co", "Cs"})
+#: Letters and symbols that show nothing all the same: Hangul fillers, the blank Braille
+#: pattern.
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _visible(text: str) -> bool:
     """Whether ``text`` has a character that shows: an id of only a zero-width space or a
     right-to-left mark would look empty wherever a marketer reads it."""
-    return any(unicodedata.category(char) not in _INVISIBLE for char in text)
+    return any(char not in _BLANK_CHARACTERS and unicodedata.category(char) not in _INVISIBLE for char in text)
 
 
 def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:

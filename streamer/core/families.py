@@ -12,12 +12,10 @@ Thresholds live in :class:`~streamer.core.config.ScoringConfig` (the rules file)
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
-from streamer.core.config import DAY, ScoringConfig
+from streamer.core.config import DAY, ScoringConfig, goal_words
 from streamer.core.features import Features
 from streamer.core.scoring import days_until_risk
 from streamer.core.segments import TIMER_SLACK_S, Assignment, band_exit_above, banded, format_date
@@ -118,15 +116,6 @@ def community(state: CustomerState, f: Features, scores: dict[str, float], confi
     return Decision(Assignment("member", "joined the community"))
 
 
-#: What a goal's text is split into (after ``goal_words``' folding); keywords are matched
-#: against these whole words: letters and digits of any script ("créer", "üben", "練習").
-WORD = re.compile(r"[^\W_]+")
-
-
-def fold(text: str) -> str:
-    """Text as goal words and keywords are compared: NFKC (an "é" typed as "e" and a combining
-    accent is the same word) and case-folded ("Straße" matches "strasse")."""
-    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def goal(state: CustomerState, f: Features, scores: dict[str, float], config: ScoringConfig, current: str | None) -> Decision:
@@ -138,7 +127,7 @@ def goal(state: CustomerState, f: Features, scores: dict[str, float], config: Sc
     text = state.survey.get("goal")
     if not text:
         return Decision(Assignment(None, "no goal stated"))
-    words = set(WORD.findall(fold(str(text))))
+    words = goal_words(str(text))
     for category, keywords in config.goal.categories.items():
         if words.intersection(keywords):
             return Decision(Assignment(category, "stated goal matches the category's keywords"))

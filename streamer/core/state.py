@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from streamer.core.config import DayOf, ScoringConfig
+from streamer.core.config import ScoringConfig
 from streamer.core.events import Event
 from streamer.errors import InvalidEvent
 
@@ -292,14 +292,17 @@ def _order_completed(state: CustomerState, event: Event, config: ScoringConfig) 
     flags = (FLAG_BASIC if data["basic"] else 0) | (FLAG_ADVANCED if data["advanced"] else 0)
     state.orders[data["order_id"]] = [event.time, data["total"], data["margin"], data["discount"], flags]
     if len(state.orders) > config.max_orders_kept:
-        _fold_oldest(state, config.day_of)
+        _fold_oldest(state, config)
 
 
-def _fold_oldest(state: CustomerState, day_of: DayOf) -> None:
+def _fold_oldest(state: CustomerState, config: ScoringConfig) -> None:
     """Move the oldest kept order into the archive aggregates, net of its refunds."""
     order_id = min(state.orders, key=lambda oid: (state.orders[oid][O_TIME], oid))
     order = state.orders.pop(order_id)
     refunds = state.refunds.pop(order_id, {})
+    for key in refunds:  # their entry goes: a redelivery must still be known (as after the fold)
+        _remember(state, key, config)
+    day_of = config.day_of
     void = is_void(order, refunds)
     total, margin = net_of_refunds(order, refunds)
     state.archived_ids.append(order_id)

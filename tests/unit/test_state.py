@@ -258,6 +258,17 @@ def test_a_refund_of_an_archived_order_is_capped_by_that_order_as_before_the_fol
     assert legacy.archived_left == [] and legacy.archive[1] == pytest.approx(after_fold.archive[1] - 50.0)
 
 
+def test_a_refund_redelivered_after_its_order_was_folded_is_still_a_duplicate():
+    """Applied before the fold, the refund was kept under its order, and that entry went with
+    the fold: its redelivery came off the archive a second time."""
+    orders = [order(f"o{i}", T0 + i * DAY, 100.0, 30.0) for i in range(12)]
+    first = refund("r0", "o0", T0 + 0.5 * DAY, 40.0)
+    state = fold([orders[0], first, *orders[1:]], SMALL)
+    assert "o0" in state.archived_ids and "o0" not in state.refunds
+    assert is_duplicate(state, first) and apply(state, first, SMALL) is state
+    assert compute(state, T0 + 30 * DAY, SMALL).revenue == pytest.approx(1160.0)
+
+
 def test_unknown_type_raises():
     with pytest.raises(ValueError, match="no state handler"):
         apply(CustomerState("c1"), other("x", "Cart Viewed", T0), CFG)

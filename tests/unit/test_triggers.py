@@ -173,6 +173,13 @@ def test_onboarding_steps_already_sent_do_not_come_due_again_when_the_first_orde
     shop.send("orders", refund_doc("a", T0 + 6 * DAY, "A1", 100.0, "ra-1"))
     shop.tick(40)
     assert shop.triggers() == [("a", "onboarding", 1, 0.0), ("a", "onboarding", 2, 3.0), ("a", "onboarding", 3, 12.0), ("a", "onboarding", 4, 19.0)]
+    # Everything returned, then a first order again long after: onboarding from its start.
+    shop = Shop(only("onboarding"))
+    shop.order("b", 0, "B1")
+    shop.send("orders", refund_doc("b", T0 + 1 * DAY, "B1", 100.0, "rb-1"))
+    shop.order("b", 400, "B2")
+    shop.tick(430)
+    assert shop.triggers() == [("b", "onboarding", 1, 0.0), ("b", "onboarding", 1, 400.0), ("b", "onboarding", 2, 403.0), ("b", "onboarding", 3, 407.0), ("b", "onboarding", 4, 414.0)]
 
 
 def test_the_value_tier_is_left_when_every_order_is_returned_and_entered_again_on_a_new_one():
@@ -357,6 +364,25 @@ def test_goal_keywords_in_any_script_match_whole_words():
     shop.survey("b", 1, "s2", "cre\u0301er des chansons")  # é as e + a combining accent
     shop.survey("c", 1, "s3", "Musik auf der Straße")
     assert shop.changes("goal") == [("a", None, "learn", 1.0), ("b", None, "create", 1.0), ("c", None, "learn", 1.0)]
+
+
+def test_goal_words_keep_combining_vowel_signs_and_code_keywords_are_folded_too():
+    """Devanagari and Tamil write vowels as combining marks: a word must not break at them
+    (a fragment such as "स" would otherwise match). Keywords given in code are compared the
+    same folded way as those of a rules file."""
+    import tomllib
+
+    from streamer import rules
+    from streamer.core.config import GoalRule
+
+    cfg = rules.parse(tomllib.loads('[segments.goal.categories]\nlearn = ["सीखना", "கற்க"]\nperform = ["स"]'))
+    shop = Shop(replace(only(), goal=cfg.goal, families=cfg.families))
+    shop.survey("a", 1, "s1", "मैं गिटार सीखना चाहता हूँ")
+    shop.survey("b", 1, "s2", "இசை கற்க")
+    assert shop.changes("goal") == [("a", None, "learn", 1.0), ("b", None, "learn", 1.0)]
+    in_code = Shop(replace(only(), goal=GoalRule({"learn": ("Straße",)}), families=("goal",)))
+    in_code.survey("c", 1, "s3", "Musik auf der STRASSE")
+    assert in_code.changes("goal") == [("c", None, "learn", 1.0)]
 
 
 def test_super_user_falls_back_to_contributor_when_quiet():
