@@ -24,32 +24,9 @@ def test_a_fit_without_evidence_of_dropout_keeps_the_parameters_in_force() -> No
     assert model == PopulationModel()
 
 
-def test_a_real_fit_replaces_the_prior_and_is_versioned() -> None:
-    rng = np.random.default_rng(5)
-    n = 3000
-    lam = rng.gamma(0.25, 1 / 4.0, n) / 7  # purchases per day
-    p = rng.beta(0.8, 2.4, n)
-    T = rng.integers(30, 273, n).astype(float)
-    x = np.zeros(n)
-    t_x = np.zeros(n)
-    for i in range(n):  # BG/NBD: Poisson purchases, dropout after each with probability p
-        t = 0.0
-        while True:
-            t += rng.exponential(1 / lam[i]) if lam[i] > 0 else np.inf
-            if t > T[i]:
-                break
-            x[i] += 1
-            t_x[i] = t
-            if rng.random() < p[i]:
-                break
-    model = fit_population(x, t_x, T, np.where(x > 0, 30.0, 0.0), fitted_at=3.0)
-    assert model != PopulationModel()
-    assert model.fitted_at == 3.0 and model.version and "prior" not in model.version
-    assert 0.1 < model.bgnbd.r < 0.5 and 0.3 < model.bgnbd.a < 2.0
-
-
 def _bgnbd_population(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, t_x, T) in days of ``n`` customers drawn from a BG/NBD population."""
+    """(x, t_x, T) in days of ``n`` customers drawn from a BG/NBD population: Poisson purchases,
+    dropout after each with probability p."""
     lam = rng.gamma(0.25, 1 / 4.0, n) / 7  # purchases per day
     p = rng.beta(0.8, 2.4, n)
     T = rng.integers(30, 273, n).astype(float)
@@ -65,6 +42,14 @@ def _bgnbd_population(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.
             if rng.random() < p[i]:
                 break
     return x, t_x, T
+
+
+def test_a_real_fit_replaces_the_prior_and_is_versioned() -> None:
+    x, t_x, T = _bgnbd_population(np.random.default_rng(5), 3000)
+    model = fit_population(x, t_x, T, np.where(x > 0, 30.0, 0.0), fitted_at=3.0)
+    assert model != PopulationModel()
+    assert model.fitted_at == 3.0 and model.version and "prior" not in model.version
+    assert 0.1 < model.bgnbd.r < 0.5 and 0.3 < model.bgnbd.a < 2.0
 
 
 def test_a_spend_fit_with_no_population_mean_keeps_the_spend_model_in_force() -> None:
