@@ -178,7 +178,7 @@ def evaluate(
         # Onboarding steps are counted from the first order, which moves when that order is
         # refunded in full: steps already handled must not come due again from the new one.
         handled_step = marks[HANDLED_STEP] if marks is not None and len(marks) > HANDLED_STEP else 0
-        if handled_step and not f.orders:
+        if handled_step and not f.orders and marks is not None:
             # Every order returned: no customer any more (the lifecycle is left too). A new
             # first order starts the onboarding afresh, as for someone never seen.
             del marks[HANDLED_STEP:]
