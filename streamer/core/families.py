@@ -116,8 +116,6 @@ def community(state: CustomerState, f: Features, scores: dict[str, float], confi
     return Decision(Assignment("member", "joined the community"))
 
 
-
-
 def goal(state: CustomerState, f: Features, scores: dict[str, float], config: ScoringConfig, current: str | None) -> Decision:
     """The survey's goal, mapped to a configured category by keyword (``other`` if none).
 
