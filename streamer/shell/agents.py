@@ -28,7 +28,7 @@ from streamer.shell.app import app, settings
 from streamer.shell.broker_watch import BrokerWatch
 from streamer.shell.channels import inputs, outputs
 from streamer.shell.model_state import read_latest
-from streamer.shell.tables import customers, partition_context, store
+from streamer.shell.tables import ERASED_PREFIX, customers, erasure_marker, partition_context, store
 from streamer.topics import COMPACTED
 
 log = logging.getLogger(__name__)
@@ -193,15 +193,23 @@ async def rebuild_partitions() -> None:
     # heartbeats for minutes.
     restore = engine.begin_restore(assigned)
     try:
-        for n, (_key, raw) in enumerate(customers.items(), start=1):
-            restore.add(CustomerState.from_bytes(raw))
+        for n, (key, raw) in enumerate(customers.items(), start=1):
+            if key.startswith(ERASED_PREFIX):
+                restore.add_erasure(key[len(ERASED_PREFIX) :].decode(), *erasure_marker(raw))
+            else:
+                restore.add(CustomerState.from_bytes(raw))
             if n % REBUILD_PAUSE_EVERY == 0:
                 await asyncio.sleep(0)
         restored = restore.finish()
     except RuntimeError:  # the table changed during a pause after all: once more, without
         log.warning("the state table changed while partitions were rebuilt; rebuilding again in one pass")
-        restored = engine.restore_partitions(assigned, (CustomerState.from_bytes(raw) for _key, raw in customers.items()))
-    log.info("state ready: %d customers on %d partitions", restored, len(assigned))
+        restored = engine.restore_partitions(
+            assigned,
+            (CustomerState.from_bytes(raw) for key, raw in customers.items() if not key.startswith(ERASED_PREFIX)),
+            ((key[len(ERASED_PREFIX) :].decode(), *erasure_marker(raw)) for key, raw in customers.items() if key.startswith(ERASED_PREFIX)),
+        )
+    erasures = sum(len(engine.partitions[p].erasures) for p in assigned if p in engine.partitions)
+    log.info("state ready: %d customers on %d partitions (%d erased customers remembered)", restored, len(assigned), erasures)
     await load_models()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 
 #: A write-back lets other tasks run after queueing this many states.
 YIELD_EVERY = 200
+#: Keys of erasure markers (``TableStore.mark_erased``): the prefix, then the SHA-256 (hex) of
+#: the erased customer's id. A customer id has no control character (envelope schema), so no
+#: customer's key begins with NUL (nor does the flush mark's, which never reaches the table).
+ERASED_PREFIX = b"\x00erased:"
+
+
+def erasure_marker(raw: bytes) -> tuple[int, float]:
+    """(partition, erased up to) of a stored erasure marker."""
+    doc = orjson.loads(raw)
+    return int(doc["partition"]), float(doc["erased_at"])
 
 
 def rocksdb_options(settings: Settings) -> dict[str, int]:
@@ -128,6 +139,8 @@ class TableStore:
 
     def get(self, customer: str) -> CustomerState | None:
         key = customer.encode()
+        if key[:1] == b"\x00":  # an erasure marker's key (the query API passes any id)
+            return None
         entry = self.pending.get(key) or self.flushing.get(key)
         raw = entry[1] if entry is not None else self.table.get(key)
         return CustomerState.from_bytes(raw) if raw is not None else None
@@ -137,6 +150,11 @@ class TableStore:
 
     def delete(self, customer: str, partition: int) -> None:
         self.pending[customer.encode()] = (partition, None)
+
+    def mark_erased(self, digest: str, partition: int, at: float) -> None:
+        """Keep the erasure marker in the table and its changelog, with the states: a restart
+        reads it back (``restored_erasures``) and still refuses the customer's older events."""
+        self.pending[ERASED_PREFIX + digest.encode()] = (partition, orjson.dumps({"partition": partition, "erased_at": at}))
 
     def rewrite(self, unfinished: Mapping[bytes, int]) -> None:
         """Queue the recovered state of each customer an unfinished write-back wrote (``key ->

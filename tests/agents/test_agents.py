@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import AsyncMock
 
 import orjson
 import pytest
+from faust.types import TP
 
 from streamer.core.state import CustomerState
 from streamer.shell import agents, tables, web
@@ -498,3 +501,48 @@ def test_the_token_scheme_is_case_insensitive_and_ids_must_be_utf8(monkeypatch):
     assert not refused(None, {"token": "tok"})
     assert web._bad_customer_id("\udcff\udcfe") == "a customer id is UTF-8 text"  # what %FF%FE decodes to
     assert web._bad_customer_id("café-1") is None
+
+
+async def test_an_event_dated_before_an_erasure_stays_out_also_after_a_rebuild(sends, feed, monkeypatch):
+    """The erasure leaves a marker (hash only) in the table, with the states; an order
+    published before the request and read after it creates nothing, also once the partitions
+    are rebuilt from the table as after a restart."""
+    customer = "cust-agent-erased"
+    digest = hashlib.sha256(customer.encode()).hexdigest()
+    async with agents.score_orders.test_context() as orders:
+        await feed(orders, order_completed(customer, "ORD-E-1", 30.0, "2025-03-01T12:00:00Z"), key=customer.encode())
+    async with agents.erase_customers.test_context() as erasures:
+        result = await feed(erasures, retarget("erasure-requested.v1.gdpr", customer, time="2025-03-02T00:00:00Z"), key=customer.encode())
+    assert result.erased is True
+    marker_key = tables.ERASED_PREFIX + digest.encode()
+    partition, marker = tables.store.pending[marker_key]
+    assert customer.encode() not in marker_key + marker
+    assert tables.erasure_marker(marker) == (partition, 1_740_873_600.0)  # 2025-03-02T00:00:00Z
+    assert state_of("\x00erased:" + digest) is None  # the query API's look-up never decodes a marker
+
+    late = order_completed(customer, "ORD-E-0", 30.0, "2025-03-01T18:00:00Z")
+    counters = Counters(("clv_events_before_erasure_total", {"topic": "orders"}))
+    async with agents.score_orders.test_context() as orders:
+        dropped = await feed(orders, late, key=customer.encode())
+    assert dropped.before_erasure and dropped.outgoing == [] and dropped.rejected is None
+    assert state_of(customer) is None and counters.delta() == [1]
+
+    # What a write-back leaves in the table, then the rebuild a restart runs.
+    for key, (_partition, raw) in tables.store.pending.items():
+        if raw is None:
+            tables.customers.data.pop(key, None)
+        else:
+            tables.customers.data[key] = raw
+    tables.store.pending.clear()
+    agents.engine.partitions.clear()
+    changelog = tables.customers.changelog_topic.get_topic_name()
+    monkeypatch.setattr(agents.app.assignor, "assigned_actives", lambda: {TP(changelog, 0)})
+    monkeypatch.setattr(agents, "load_models", AsyncMock())  # reads the model-state topic: no broker here
+    await agents.rebuild_partitions()
+    assert agents.engine.partitions[0].erasures == {digest: 1_740_873_600.0}
+    assert agents.engine.partitions[0].customers == 0
+    async with agents.score_orders.test_context() as orders:
+        again = await feed(orders, late, key=customer.encode())
+        back = await feed(orders, order_completed(customer, "ORD-E-2", 30.0, "2025-03-05T12:00:00Z"), key=customer.encode())
+    assert again.before_erasure and again.outgoing == []
+    assert back.new_customer and list(state_of(customer).orders) == ["ORD-E-2"]
