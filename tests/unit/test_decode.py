@@ -185,6 +185,10 @@ def test_schema_violation_unknown_data_property_names_the_path():
         lambda d: d.__setitem__("specversion", "0.3"),
         lambda d: d.pop("id"),
         lambda d: d.__setitem__("subject", "cust\x01"),
+        lambda d: d.__setitem__("id", "evt\x00-1"),  # ids end up in outputs and states
+        lambda d: d.__setitem__("id", "evt-1\n"),
+        lambda d: d["data"].__setitem__("order_id", "ORD\x1b[31m-1"),
+        lambda d: d["data"].__setitem__("order_id", "ORD-1\x85"),
     ],
 )
 def test_schema_violations(mutate):
@@ -404,3 +408,13 @@ def test_decode_does_not_mutate_its_input_bytes_or_doc():
     decode(body, "orders", b"cust-1", FX, WALL)
     assert doc == before
     assert body == raw(before)
+
+
+def test_a_control_character_in_an_id_is_named_in_the_reason():
+    doc = good_order()
+    doc["data"]["order_id"] = "ORD\t1"
+    with pytest.raises(InvalidEvent) as info:
+        decode(raw(doc), "orders", b"cust-1", LIMITS, WALL)
+    assert info.value.reason == "schema_violation" and info.value.detail.startswith("data.order_id:")
+    refund = envelope("Order Refunded", "cust-1", "2025-01-02T00:00:00Z", {"order_id": "ORD\x7f", "total": 5.0, "currency": "USD"}, "rf-1")
+    assert reason_of(raw(refund)) == "schema_violation"
