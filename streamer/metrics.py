@@ -85,6 +85,7 @@ class Metrics:
         # A processing error is a bug, usually a rare one: its alert needs the 0 before the 1.
         for topic in input_topics:
             self.invalid.labels(topic, "processing_error")
+            self.before_erasure.labels(topic)  # rare: a rate needs the 0 before the 1
         self.published = Counter(
             "clv_events_published_total",
             "Records produced (acknowledged by the broker), by output topic; failed ones count in clv_publish_errors_total.",

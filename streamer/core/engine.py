@@ -490,13 +490,26 @@ class Engine:
         The partition (and the store, for restarts) keeps an erasure marker under the id's
         SHA-256: the customer's events dated up to the request, or up to the newest event the
         erasure removed, are dropped when they are read later (``Result.before_erasure``);
-        later ones start a new customer.
+        later ones start a new customer. A request dated within what a marker covers removes
+        nothing (see below); a later one erases the customer who came back.
         """
         customer, request_id = event.customer, event.data["request_id"]
         clock = self.clock(partition)
         digest = outputs.customer_digest(customer)
+        key = customer.encode()
+        previous = clock.erasures.get(digest)
+        if previous is not None and event.time <= previous:
+            # A request the marker already covers: the same one read again (a restart before
+            # the commit, a replay of the inputs, a producer's retry) or an older one. A state
+            # held now is a relationship that began after that erasure: not this request's to
+            # remove. Audited again (same id: downstream de-duplicates), nothing removed.
+            result.erased = False
+            if store.get(customer) is None:
+                result.outgoing.append(Outgoing(SCORES, key, None))
+            result.outgoing.append(Outgoing(AUDIT, request_id.encode(), outputs.customer_erased(request_id, customer, False, [], wall_now)))
+            return result
         state = store.get(customer)
-        covered = max(event.time, clock.erasures.get(digest, event.time))
+        covered = event.time
         removed = []
         if state is not None:
             store.delete(customer, partition)
@@ -505,7 +518,6 @@ class Engine:
             covered = max(covered, state.last_event_at)
         clock.erasures[digest] = covered
         store.mark_erased(digest, partition, covered)
-        key = customer.encode()
         result.erased = state is not None
         result.outgoing.append(Outgoing(SCORES, key, None))
         result.outgoing.append(Outgoing(AUDIT, request_id.encode(), outputs.customer_erased(request_id, customer, state is not None, removed, wall_now)))

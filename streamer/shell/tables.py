@@ -95,7 +95,7 @@ customers = app.tables.add(
         key_type=bytes,
         value_type=bytes,
         schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
-        help="CustomerState per customer id, JSON (orjson) encoded",
+        help="CustomerState per customer id (STATE_COMPRESSION: zstd, deflate or plain JSON), and erasure markers under ERASED_PREFIX",
         options=rocksdb_options(settings) if settings.store == "rocksdb" else None,
     )
 )

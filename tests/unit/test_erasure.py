@@ -125,3 +125,29 @@ def test_erasure_markers_hold_no_id_and_survive_a_restore():
     elsewhere = Engine()
     elsewhere.restore_partitions([1], [], markers)
     assert elsewhere.partitions[1].erasures == {}
+
+
+def test_a_request_read_again_does_not_erase_the_customer_who_came_back():
+    """A restart before the commit, a replay of the inputs or a producer's retry reads the same
+    request again, after the customer has started anew: that relationship is not its to remove."""
+    engine, store = Engine(wall_clock=lambda: T0 + 500 * DAY), DictStore()
+    request = envelope("Erasure Requested", "a", T0 + 2 * DAY, {"request_id": "dsr-9"}, "er-9")
+    run(engine, store, "orders", order_doc("a", T0, "A1"), 0)
+    first = run(engine, store, "erasure-requests", request, 1)
+    run(engine, store, "orders", order_doc("a", T0 + 10 * DAY, "A3"), 2)
+
+    again = run(engine, store, "erasure-requests", request, 3)
+    assert again.erased is False and list(store.get("a").orders) == ["A3"]
+    assert [o.topic_role for o in again.outgoing] == [AUDIT]  # no tombstone over the new customer's scores
+    assert orjson.loads(again.outgoing[0].value)["id"] == orjson.loads(first.outgoing[1].value)["id"]
+    assert engine.partitions[0].erasures[hashlib.sha256(b"a").hexdigest()] == T0 + 2 * DAY
+    assert run(engine, store, "orders", order_doc("a", T0 + 10 * DAY, "A3"), 4).duplicate is True
+    assert run(engine, store, "orders", order_doc("a", T0 + 9 * DAY, "A2"), 5).before_erasure is False
+    assert set(store.get("a").orders) == {"A2", "A3"}
+
+    # Read again with nobody back: the same records as the first time, found or not.
+    engine2, store2 = Engine(wall_clock=lambda: T0 + 500 * DAY), DictStore()
+    run(engine2, store2, "orders", order_doc("a", T0, "A1"), 0)
+    run(engine2, store2, "erasure-requests", request, 1)
+    repeat = run(engine2, store2, "erasure-requests", request, 2)
+    assert [(o.topic_role, o.key, o.value) for o in repeat.outgoing][0] == (SCORES, b"a", None)

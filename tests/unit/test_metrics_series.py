@@ -16,6 +16,13 @@ def test_processing_errors_exist_at_zero_for_every_input_topic() -> None:
     assert registry.get_sample_value("clv_events_invalid_total", {"topic": "community-events", "reason": "processing_error"}) is None
 
 
+def test_events_dropped_after_an_erasure_exist_at_zero_for_every_input_topic() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry, input_topics=("orders", "erasure-requests"))
+    for topic in ("orders", "erasure-requests"):
+        assert registry.get_sample_value("clv_events_before_erasure_total", {"topic": topic}) == 0.0
+
+
 def test_published_counts_deliveries_not_evaluations() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
