@@ -284,18 +284,28 @@ LAG_TIMEOUT_S = 4.0
 async def consumer_lags() -> dict[tuple[str, int], int]:
     """(input role, partition) -> records not processed and committed yet, for the input
     partitions assigned to this worker: end offsets asked of the broker (so a consumer that
-    stopped fetching still shows its lag), minus the offsets the group committed."""
+    stopped fetching still shows its lag), minus the offsets the group committed.
+
+    A partition this worker has not committed since the last rebalance (Faust's monitor
+    forgets committed offsets at every rebalance) is measured from the group's offset read at
+    that assignment, or from its earliest offset if the group never committed one: a worker
+    stuck from its first record on shows its lag too."""
     consumer = app.consumer
     tps = [tp for tp in consumer.assignment() if tp.topic in _INPUT_ROLE_OF]
     if not tps:
         return {}
     ends = await asyncio.wait_for(consumer.highwaters(*tps), LAG_TIMEOUT_S)
     committed = app.monitor.tp_committed_offsets
+    at_assignment = getattr(consumer, "assigned_committed", {})
+    positions: dict[Any, int | None] = {tp: committed.get(tp) or at_assignment.get(tp) for tp in tps}
+    never = [tp for tp, position in positions.items() if not position]
+    if never:
+        positions.update(await asyncio.wait_for(consumer.earliest_offsets(*never), LAG_TIMEOUT_S))
     lags = {}
     for tp in tps:
-        end, position = ends.get(tp), committed.get(tp)
+        end, position = ends.get(tp), positions.get(tp)
         if end is None or position is None:
-            continue  # nothing committed here yet: no lag to report
+            continue  # the broker did not answer for it: no lag to report
         # max(): the embedded broker's end offsets can miss the newest batch.
         lags[(_INPUT_ROLE_OF[tp.topic], tp.partition)] = max(end - position, 0)
     return lags

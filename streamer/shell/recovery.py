@@ -234,6 +234,9 @@ class StreamerConsumer(EndProbingConsumer):
         the 250 records of one poll, never processed). ``earliest`` is what such a partition
         starts from anyway; being there again costs re-reading what was not committed."""
         committed = await super().seek_to_committed()
+        # The group's offsets at this assignment: the lag metric's base until this worker
+        # commits (Faust's monitor forgets every committed offset at a rebalance).
+        self.assigned_committed = dict(committed)
         fresh = never_committed(committed, self._is_changelog_tp)
         if fresh:
             await self._thread.seek_to_beginning(*fresh)
