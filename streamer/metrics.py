@@ -23,6 +23,21 @@ ONLINE_QUALITY_METRICS = ("roc_auc", "log_loss", "mae", "mae_btyd", "roc_auc_bty
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
+#: Name and help of the two gauges a worker shows from its start, also while it waits for the
+#: broker (``waiting_for_broker_page``): an outage is then an alert of its own, not a scrape
+#: that fails as if the worker were down.
+READY = ("clv_worker_ready", "1 while the worker is ready (/readyz answers 200): table recovered, no rebalance in progress, broker reachable with its topics co-partitioned.")
+BROKER_REACHABLE = ("clv_broker_reachable", "1 while the worker's last probe of the Kafka broker was answered (every 5 s; every 1 s while it is not).")
+
+
+def waiting_for_broker_page() -> tuple[bytes, str]:
+    """The /metrics page of a starting worker that waits for its broker: not ready, broker
+    not reachable (the worker's own metrics exist only once it runs)."""
+    registry = CollectorRegistry()
+    Gauge(*READY, registry=registry).set(0)
+    Gauge(*BROKER_REACHABLE, registry=registry).set(0)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
 
 class Metrics:
     """The worker's metrics; one instance per process (it registers collectors)."""
@@ -108,6 +123,9 @@ class Metrics:
         self.drifts = Counter("clv_drift_detected_total", "Drifts detected by ADWIN in the online purchase model's error.", registry=registry)
         self.refits = Counter("clv_model_refits_total", "Background refits of the population models.", registry=registry)
         self.refit_seconds = Gauge("clv_model_refit_duration_seconds", "Duration of the last population refit.", registry=registry)
+        self.ready = Gauge(*READY, registry=registry)
+        self.broker_reachable = Gauge(*BROKER_REACHABLE, registry=registry)
+        self.broker_reachable.set(1)  # a worker runs only once it has reached the broker
         self.customers = Gauge("clv_customers_in_state", "Customers held in this worker's state table.", registry=registry)
         self.event_time = Gauge(
             "clv_partition_event_time_seconds",

@@ -33,6 +33,9 @@ PEER_TIMEOUT_S = 3.0
 
 @app.page("/metrics")
 async def metrics_page(web: Any, request: Any) -> Any:
+    # Readiness as of this scrape: what /readyz would answer now.
+    metrics.ready.set(1 if _readiness()[0] else 0)
+    metrics.broker_reachable.set(1 if broker_watch.reachable else 0)
     body, content_type = metrics.render()
     # aiohttp wants the charset apart from the media type; Prometheus reads plain text.
     return web.bytes(body, content_type=content_type.split(";")[0])
@@ -50,12 +53,17 @@ def _recovered() -> bool:
     return recovery.completed.is_set() and not recovery.in_recovery
 
 
+def _readiness() -> tuple[bool, bool]:
+    """(ready, recovered). The broker too: Faust keeps retrying in the background and would
+    stay "ready" through an outage, or after a broker restart that lost the topics (see
+    broker_watch.py)."""
+    recovered = _recovered()
+    return recovered and not app.rebalancing and broker_watch.ok, recovered
+
+
 @app.page("/readyz")
 async def readyz(web: Any, request: Any) -> Any:
-    recovered = _recovered()
-    # The broker too: Faust keeps retrying in the background and would stay "ready" through
-    # an outage, or after a broker restart that lost the topics (see broker_watch.py).
-    ready = recovered and not app.rebalancing and broker_watch.ok
+    ready, recovered = _readiness()
     body = {"ready": ready, "recovered": recovered, "rebalancing": bool(app.rebalancing)}
     if not broker_watch.ok:
         body.update(broker=broker_watch.reachable, problem=broker_watch.problem)

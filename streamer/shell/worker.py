@@ -10,12 +10,13 @@ from typing import Any
 async def wait_for_broker(settings: Any) -> list[str]:
     """Create the service's topics, retrying for as long as the broker is unreachable.
 
-    Meanwhile the web port answers ``/healthz`` (200: the process is fine) and ``/readyz`` (503:
-    no broker yet), so an orchestrator sees a live, unready worker rather than a closed port
+    Meanwhile the web port answers ``/healthz`` (200: the process is fine), ``/readyz`` (503:
+    no broker yet) and ``/metrics`` (not ready, broker unreachable), so an orchestrator sees a live, unready worker rather than a closed port
     and, after a while, a crashed one. Faust's own web server takes the port over afterwards.
     """
     from aiohttp import web
 
+    from streamer.metrics import waiting_for_broker_page
     from streamer.topics import ensure_topics
 
     async def healthz(request: web.Request) -> web.Response:
@@ -25,9 +26,15 @@ async def wait_for_broker(settings: Any) -> list[str]:
         body = {"ready": False, "recovered": False, "rebalancing": False, "broker": False, "problem": "broker unreachable"}
         return web.json_response(body, status=503)
 
+    async def metrics_page(request: web.Request) -> web.Response:
+        # Scraped as up, with the broker unreachable: ClvBrokerUnreachable, not ClvWorkerDown.
+        body, content_type = waiting_for_broker_page()
+        return web.Response(body=body, content_type=content_type.split(";")[0])
+
     server = web.Application()
     server.router.add_get("/healthz", healthz)
     server.router.add_get("/readyz", readyz)
+    server.router.add_get("/metrics", metrics_page)
     runner = web.AppRunner(server, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.web_host, settings.web_port).start()

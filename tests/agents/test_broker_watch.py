@@ -106,3 +106,57 @@ async def test_probe_keeps_the_worker_unready_when_the_broker_refuses_a_topic(mo
     monkeypatch.setattr(watch, "_create", vanish)
     await watch.probe()
     assert not watch.ok and watch.problem == f"topics missing after creating them: {settings.topics['dead-letter']}"
+
+
+def gauge(text: str, name: str) -> float:
+    [value] = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return value
+
+
+async def test_metrics_show_readiness_and_the_broker_as_of_the_scrape(monkeypatch):
+    completed = app.tables.recovery.completed
+    completed.set()
+    try:
+        text = (await view(web.metrics_page).get(None)).body.decode()
+        assert gauge(text, "clv_worker_ready") == 1 and gauge(text, "clv_broker_reachable") == 1
+        monkeypatch.setattr(agents.broker_watch, "reachable", False)
+        monkeypatch.setattr(agents.broker_watch, "problem", "broker unreachable")
+        text = (await view(web.metrics_page).get(None)).body.decode()
+        assert gauge(text, "clv_worker_ready") == 0 and gauge(text, "clv_broker_reachable") == 0
+    finally:
+        completed.clear()
+    text = (await view(web.metrics_page).get(None)).body.decode()
+    assert gauge(text, "clv_worker_ready") == 0  # not recovered
+
+
+async def test_a_worker_waiting_for_its_broker_serves_metrics(monkeypatch, unused_tcp_port):
+    """Scraped as up, broker unreachable: the outage is ClvBrokerUnreachable, not a worker
+    that looks down (ClvWorkerDown)."""
+    import asyncio
+    import types
+    import urllib.request
+
+    from streamer import topics
+    from streamer.shell import worker
+
+    release = asyncio.Event()
+
+    async def broker_absent(settings: Any, attempts: Any = None) -> list[str]:
+        await release.wait()
+        return []
+
+    monkeypatch.setattr(topics, "ensure_topics", broker_absent)
+    settings_ = types.SimpleNamespace(web_host="127.0.0.1", web_port=unused_tcp_port)
+    waiting = asyncio.create_task(worker.wait_for_broker(settings_))
+    url = f"http://127.0.0.1:{unused_tcp_port}/metrics"
+    for _ in range(100):
+        try:
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the stand-in server never answered")
+    release.set()
+    assert await waiting == []
+    assert gauge(body, "clv_worker_ready") == 0 and gauge(body, "clv_broker_reachable") == 0

@@ -198,6 +198,10 @@ async def test_health_answers_and_worker_keeps_waiting_while_the_broker_is_absen
         time.sleep(0.3)
     assert http_status(f"{worker.url}/healthz") == 200, "/healthz does not answer while the broker is absent"
     assert http_status(f"{worker.url}/readyz") == 503
+    # Scraped as up, broker unreachable: the outage alerts as ClvBrokerUnreachable.
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as response:
+        page = response.read().decode()
+    assert "clv_broker_reachable 0.0" in page and "clv_worker_ready 0.0" in page, page
     # The unpatched worker gives up after 30 attempts, ~126 s of back-off.
     while time.monotonic() - deadline < 140 - 15:
         assert worker.process.poll() is None, f"worker exited while the broker was absent:\n{worker.log_tail(8)}"
