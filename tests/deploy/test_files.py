@@ -226,10 +226,14 @@ def worker_container(statefulset: dict[str, Any]) -> dict[str, Any]:
 
 
 def container_env(container: dict[str, Any]) -> dict[str, str]:
-    """The container's environment: envFrom ConfigMaps, then env entries."""
+    """The container's environment: envFrom ConfigMaps, then env entries (the optional Secret
+    is the operator's to create, so it adds nothing here)."""
     env: dict[str, str] = {}
     configmaps = {cm["metadata"]["name"]: cm for cm in k8s_objects("ConfigMap")}
     for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            assert source["secretRef"].get("optional") is True, "the manifests must apply without the Secret"
+            continue
         name = source["configMapRef"]["name"]
         assert name in configmaps, f"envFrom ConfigMap {name} is not in deploy/k8s"
         env.update({k: str(v) for k, v in configmaps[name]["data"].items()})
@@ -382,3 +386,14 @@ def test_k8s_ports_are_the_web_port() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     for service_port in k8s_object("Service")["spec"]["ports"]:
         assert resolve(service_port["targetPort"]) == port
+
+
+def test_secrets_come_from_a_secret_never_from_the_configmap() -> None:
+    """API_TOKEN and the SASL credentials are loaded from the Secret clv-streamer-secrets; the
+    ConfigMap (readable by anyone who may read the namespace's config) carries none of them."""
+    container = worker_container(k8s_object("StatefulSet"))
+    refs = [source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source]
+    assert refs == ["clv-streamer-secrets"]
+    (configmap,) = k8s_objects("ConfigMap")
+    assert not {"API_TOKEN", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} & configmap["data"].keys()
+    assert "clv-streamer-secrets" in (DEPLOY / "README.md").read_text()
