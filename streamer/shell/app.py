@@ -87,6 +87,10 @@ app = StreamerApp(
     autodiscover=False,
     TableManager=StartNowTableManager,
     web_enabled=True,
+    # Faust's own /table/... and /router/... pages would serve any customer's stored state and
+    # owner to anyone, past API_TOKEN: the query API (streamer.shell.web) replaces them.
+    web_tables_enabled=False,
+    web_router_enabled=False,
     broker_credentials=credentials(settings.security),
 )
 app.before_commit = []

@@ -218,13 +218,21 @@ class TableStore:
             for key, (partition, raw) in changed.items():
                 by_partition.setdefault(partition, []).append((key, raw))
             data = self.table.data
+            # The memory store drops a revoked partition's keys by this index, which only its
+            # changelog reader fills: without it, states of partitions moved to another worker
+            # stayed here (memory, and stale answers). RocksDB keeps a database per partition.
+            key_partition = getattr(data, "_key_partition", None)
             for partition, items in by_partition.items():
                 with partition_context(partition):
                     for key, raw in items:
                         if raw is None:
                             data.pop(key, None)
+                            if key_partition is not None:
+                                key_partition.pop(key, None)
                         else:
                             data[key] = raw
+                            if key_partition is not None:
+                                key_partition[key] = partition
             changelog = self.table.changelog_topic.get_topic_name()
             for partition, meta in zip(first, marked):
                 data.set_persisted_offset(TP(changelog, partition), meta.offset)

@@ -142,12 +142,12 @@ async def _owned_customer(web: Any, request: Any, customer_id: str) -> Any:
 
 def customer_answer(web: Any, customer_id: str) -> Any:
     """The owner's answer for one customer: the view, 404 unknown, 503 while not settled."""
+    if not _recovered() or app.rebalancing:
+        # The table is still being restored (or its partitions are moving): a customer not
+        # found yet may well exist, and one found may be behind (or no longer this worker's).
+        return _error(web, 503, "not_ready", "this worker's state is being restored or its partitions are moving; retry shortly")
     state = store.get(customer_id)
     if state is None:
-        if not _recovered() or app.rebalancing:
-            # The table is still being restored (or its partitions are moving): a customer
-            # not found yet may well exist. Unknown is only known once it is settled.
-            return _error(web, 503, "not_ready", "this worker's state is being restored or its partitions are moving; retry shortly")
         return _error(web, 404, "not_found", "no such customer: no event of theirs has been applied")
     return web.json(views.customer_view(engine, state))
 
@@ -162,15 +162,23 @@ def _local_summary() -> dict[str, Any]:
     }
 
 
+#: In ``missing_workers`` when there is no partition assignment to find the workers by.
+NO_ASSIGNMENT = "no partition assignment yet"
+
+
 async def _peer_summaries(request: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """This worker's summary and every other worker's (from the partition assignment), and
-    the workers that did not answer."""
+    the workers that did not answer (or ``NO_ASSIGNMENT``: then it is this worker's alone)."""
     mine = _local_summary()
     try:
         hosts = [str(url).rstrip("/") for url in app.router.table_metadata(customers.name)]
     except Exception:  # noqa: BLE001 - no assignment yet: answer for this worker alone
         hosts = []
-    peers = [h for h in hosts if h != settings.advertised_url.rstrip("/")]
+    if not hosts:  # before the first assignment (or none known): partial, whatever it holds
+        return [mine], [NO_ASSIGNMENT]
+    # By host and port, as yarl normalises them (Faust's list holds the canonical URL so: a
+    # host in upper case, or an explicit :80, must not make this worker its own peer).
+    peers = [h for h in hosts if not _same_worker(URL(h))]
     headers = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
     params = {"local": "1", **({"token": request.query["token"]} if "token" in request.query else {})}
 

@@ -26,6 +26,10 @@ async def wait_for_broker(settings: Any) -> list[str]:
         body = {"ready": False, "recovered": False, "rebalancing": False, "broker": False, "problem": "broker unreachable"}
         return web.json_response(body, status=503)
 
+    async def not_ready(request: web.Request) -> web.Response:
+        body = {"error": "not_ready", "detail": "the worker is starting and waits for its Kafka broker; retry shortly"}
+        return web.json_response(body, status=503)
+
     async def metrics_page(request: web.Request) -> web.Response:
         # Scraped as up, with the broker unreachable: ClvBrokerUnreachable, not ClvWorkerDown.
         body, content_type = waiting_for_broker_page()
@@ -35,6 +39,9 @@ async def wait_for_broker(settings: Any) -> list[str]:
     server.router.add_get("/healthz", healthz)
     server.router.add_get("/readyz", readyz)
     server.router.add_get("/metrics", metrics_page)
+    # Everything else (the query API, the dashboard) answers as the worker would while not
+    # ready: a 503 to retry, not a 404 a client would take for "no such customer".
+    server.router.add_route("*", "/{path:.*}", not_ready)
     runner = web.AppRunner(server, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.web_host, settings.web_port).start()

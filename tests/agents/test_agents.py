@@ -546,3 +546,88 @@ async def test_an_event_dated_before_an_erasure_stays_out_also_after_a_rebuild(s
         back = await feed(orders, order_completed(customer, "ORD-E-2", 30.0, "2025-03-05T12:00:00Z"), key=customer.encode())
     assert again.before_erasure and again.outgoing == []
     assert back.new_customer and list(state_of(customer).orders) == ["ORD-E-2"]
+
+
+async def test_a_known_customer_is_503_too_while_the_table_is_restored(sends, feed, monkeypatch):
+    """README: 503 while the owner restores its state or its partitions move — a state found
+    then may be behind, or no longer this worker's."""
+    customer = "cust-agent-known-restoring"
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-KR-1", 10.0), key=customer.encode())
+    assert web.customer_answer(app.web, customer).status == 503  # not recovered yet
+    completed = app.tables.recovery.completed
+    completed.set()
+    try:
+        assert web.customer_answer(app.web, customer).status == 200
+        monkeypatch.setattr(app, "rebalancing", True)
+        response = web.customer_answer(app.web, customer)
+        assert response.status == 503 and json.loads(response.body)["error"] == "not_ready"
+    finally:
+        completed.clear()
+
+
+async def test_faust_table_and_router_pages_are_not_served():
+    """They would answer any customer's stored state and owner past API_TOKEN."""
+    assert app.conf.web_tables_enabled is False and app.conf.web_router_enabled is False
+    prefixes = [prefix for prefix, _blueprint in app.web.blueprints._enabled]
+    assert "/table" not in prefixes and "/router" not in prefixes
+
+
+@pytest.mark.filterwarnings("ignore:Setting new value for configuration key")
+async def test_a_worker_does_not_count_itself_twice_whatever_the_spelling_of_its_url(monkeypatch):
+    """Faust's assignment lists the canonical URL as yarl normalises it (host in lower case,
+    no :80); the worker's own must be recognised however WEB_ADVERTISED_URL is written."""
+    from types import SimpleNamespace
+
+    from yarl import URL
+
+    monkeypatch.setattr(app.conf, "canonical_url", URL("http://Worker-A.example:80"))
+    monkeypatch.setattr(app.router, "table_metadata", lambda name: {"http://worker-a.example": {}, "http://worker-b.example:6066": {}})
+    asked: list[str] = []
+
+    class Peers:
+        def get(self, url: str, **kwargs: Any) -> Any:
+            asked.append(url)
+            raise OSError("no peer here")
+
+    monkeypatch.setattr(type(app), "http_client", property(lambda self: Peers()))
+    parts, missing = await web._peer_summaries(SimpleNamespace(headers={}, query={}))
+    assert asked == ["http://worker-b.example:6066/api/summary"]
+    assert len(parts) == 1 and missing == ["http://worker-b.example:6066"]
+
+
+async def test_without_a_partition_assignment_the_answer_is_partial(monkeypatch):
+    from types import SimpleNamespace
+
+    def no_assignment(name: str) -> dict:
+        raise KeyError(name)
+
+    monkeypatch.setattr(app.router, "table_metadata", no_assignment)
+    response = await view(web.segments_page).get(SimpleNamespace(headers={}, query={}))
+    assert json.loads(response.body)["partial"] is True
+    monkeypatch.setattr(app.router, "table_metadata", lambda name: {})
+    parts, missing = await web._peer_summaries(SimpleNamespace(headers={}, query={}))
+    assert missing == [web.NO_ASSIGNMENT]
+
+
+async def test_a_revoked_partitions_states_leave_the_memory_store(monkeypatch):
+    """The write-back puts states into Faust's memory store; when their partition is taken
+    away, the store drops them — by a key index the write-back must fill."""
+    tables.store.put("cust-moves-away", CustomerState(customer="cust-moves-away", partition=0))
+    tables.store.put("cust-stays", CustomerState(customer="cust-stays", partition=1))
+    monkeypatch.setattr(tables.customers.app.producer, "flush", AsyncMock())
+
+    class Delivered:
+        def __init__(self, offset: int) -> None:
+            self.offset = offset
+
+    async def send(topic: str, key: bytes, value: Any, partition: int, timestamp: Any, headers: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(Delivered(7))
+        return future
+
+    monkeypatch.setattr(tables.customers.app.producer, "send", send)
+    assert await tables.store.flush() == 2
+    changelog = tables.customers.changelog_topic.get_topic_name()
+    await tables.customers.data.on_recovery_completed({TP(changelog, 1)}, set())
+    assert b"cust-moves-away" not in tables.customers.data and b"cust-stays" in tables.customers.data

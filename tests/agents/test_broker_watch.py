@@ -134,6 +134,7 @@ async def test_a_worker_waiting_for_its_broker_serves_metrics(monkeypatch, unuse
     that looks down (ClvWorkerDown)."""
     import asyncio
     import types
+    import urllib.error
     import urllib.request
 
     from streamer import topics
@@ -157,6 +158,14 @@ async def test_a_worker_waiting_for_its_broker_serves_metrics(monkeypatch, unuse
             await asyncio.sleep(0.05)
     else:
         raise AssertionError("the stand-in server never answered")
+    # The query API answers as a worker that is not ready: 503 to retry, never a 404.
+    for path in ("/customers/cust-000123", "/segments", "/api/summary", "/dashboard"):
+        request = urllib.request.Request(f"http://127.0.0.1:{unused_tcp_port}{path}")
+        try:
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+            raise AssertionError(f"{path} answered 200 while the worker waits for its broker")
+        except urllib.error.HTTPError as err:
+            assert err.code == 503 and json.loads(err.read())["error"] == "not_ready", path
     release.set()
     assert await waiting == []
     assert gauge(body, "clv_worker_ready") == 0 and gauge(body, "clv_broker_reachable") == 0

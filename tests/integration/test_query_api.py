@@ -109,6 +109,12 @@ async def test_query_api_on_two_workers_and_the_dashboard(make_worker, broker: s
         status, body = get(f"{worker.url}/customers/{CUSTOMERS[1]}", token="wrong")
         assert status == 401
         assert get(f"{worker.url}/metrics", token=None)[0] == 200  # ops pages stay open
+        for faust_page in (f"/table/customer-state/{CUSTOMERS[1]}/", f"/router/customer-state/{CUSTOMERS[1]}/"):
+            try:  # Faust's own table and router pages are off: they would bypass the token
+                urllib.request.urlopen(f"{worker.url}{faust_page}", timeout=10)
+                raise AssertionError(f"{faust_page} is served")
+            except urllib.error.HTTPError as err:
+                assert err.code == 404, (faust_page, err.code)
 
     # Populations over both workers, whichever is asked.
     seg = [get(f"{w.url}/segments")[1] for w in (first, second)]
