@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-format", help="iso (default: ISO 8601, naive = UTC), epoch, epoch_ms, or a strptime pattern such as %%Y%%m%%d")
     p.add_argument("--total-col", help="amount paid column (default total)")
     p.add_argument("--order-id-col", help="order id column (default order_id if present, else derived from the row)")
-    p.add_argument("--currency", help="ISO 4217 currency of the amounts (default USD)")
+    p.add_argument("--currency", help="ISO 4217 currency of the amounts (default: the worker's REPORTING_CURRENCY)")
     p.add_argument("--currency-col", help="per-row currency column (empty cells: --currency)")
     p.add_argument("--margin-col", help="gross margin column")
     p.add_argument("--cost-col", help="cost of goods column")

@@ -233,6 +233,19 @@ def parse_time(value: Any, time_format: str | None) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
+def _id_cell(fields: dict[str, Any], col: str | None) -> str | None:
+    """An id cell as text: JSON lines may hold a whole number for an id (``"customer_id": 17``),
+    never an object, a list, a boolean or a fraction, whose Python spelling would become an id
+    no producer sends."""
+    value = _cell(fields, col)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    kind = {bool: "a boolean", float: "a fractional number", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+    raise Unmappable("bad_id", f"{col} is {kind}, not a text or whole-number id")
+
+
 def _row_hash(fields: dict[str, Any], seen: Counter[bytes]) -> str:
     """Hash of the row's content and of how many identical rows came before it in the file."""
     content = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
@@ -246,7 +259,7 @@ def map_row(
 ) -> tuple[float, Outgoing, bool]:
     """(event time, event, order id derived?) for one row; raises :class:`Unmappable`.
     ``currencies``: those the worker accepts (its reporting currency and FX_RATES; None: any)."""
-    customer = _cell(fields, mapping.customer_col)
+    customer = _id_cell(fields, mapping.customer_col)
     if customer is None:
         raise Unmappable("missing_customer", f"no {mapping.customer_col!r}")
     raw_time = _cell(fields, mapping.time_col)
@@ -289,12 +302,12 @@ def map_row(
     margin = money["margin"] if "margin" in money else total - money["cost"]
     if margin > total + 1e-6:
         raise Unmappable("margin_exceeds_total", f"margin {margin:g} exceeds the total {total:g}")
-    order_id = _cell(fields, mapping.order_id_col or DEFAULT_ORDER_ID_COL)
+    order_id = _id_cell(fields, mapping.order_id_col or DEFAULT_ORDER_ID_COL)
     derived = order_id is None
     try:
         record = order_completed(
-            str(customer),
-            f"row-{digest[:24]}" if derived else str(order_id),
+            customer,
+            f"row-{digest[:24]}" if derived else order_id,
             total,
             products=[product(mapping.product_id, total)],
             time=rfc3339(moment),
@@ -324,6 +337,10 @@ def prepare(
     """
     began = time_module.perf_counter()
     path = Path(path)
+    if delimiter in ("\\t", "tab"):  # as typed on a command line
+        delimiter = "\t"
+    if delimiter is not None and len(delimiter) != 1:
+        raise ConfigError(f"the delimiter must be one character (or \\t for a tab), not {delimiter!r}")
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -349,15 +366,17 @@ def prepare(
             continue
         rows.append((t, line_no, record, derived))
     rows.sort(key=lambda row: (row[0], row[1]))
-    order_ids: set[str] = set()
+    # Per customer, as the worker de-duplicates: two customers' orders may share an id.
+    order_ids: set[tuple[str, str]] = set()
     for t, line_no, record, derived in rows:
         order_id = record.event["data"]["order_id"]
-        if order_id in order_ids:
+        customer_order = (record.event["subject"], order_id)
+        if customer_order in order_ids:
             plan.skipped["duplicate_order_id"] += 1
             if plan.skipped["duplicate_order_id"] <= max_examples:
-                problems.append((line_no, "duplicate_order_id", f"order id {order_id!r} already on an earlier row (kept)"))
+                problems.append((line_no, "duplicate_order_id", f"the customer's order id {order_id!r} is already on an earlier row (kept)"))
             continue
-        order_ids.add(order_id)
+        order_ids.add(customer_order)
         plan.records.append(record)
         plan.times.append(t)
         plan.order_ids_derived += derived
@@ -424,6 +443,9 @@ def run_cli(args: Any) -> int:
                          "margin_col", "cost_col", "margin_rate", "product_id", "source")
             if getattr(args, name) is not None
         }
+        if args.currency is None and base is not CDNOW:  # CDNOW's amounts are dollars
+            # Amounts without a currency are in the worker's reporting currency, not USD.
+            given["currency"] = settings.limits.reporting_currency
         mapping = replace(base, **given)
         plan = prepare(Path(args.file), args.format, mapping, args.delimiter, settings.limits)
         if args.dry_run:

@@ -167,7 +167,16 @@ def test_order_id_column_and_duplicates_keep_the_earliest(tmp_path: Path) -> Non
     assert plan.records[1].event["data"]["order_id"].startswith("row-")
     assert plan.records[2].event["data"]["order_id"] == "O-2"
     assert plan.skipped == Counter(duplicate_order_id=1) and plan.order_ids_derived == 1
-    assert plan.examples == ["line 2: duplicate_order_id: order id 'O-1' already on an earlier row (kept)"]
+    assert plan.examples == ["line 2: duplicate_order_id: the customer's order id 'O-1' is already on an earlier row (kept)"]
+
+
+def test_two_customers_may_have_the_same_order_id(tmp_path: Path) -> None:
+    """The worker de-duplicates orders per customer; a shop whose order numbers restart per
+    customer (or two shops in one file) loses nothing in a replay either."""
+    path = write(tmp_path, "s.csv", "order_id,customer_id,time,total\n1,c-1,2024-01-01,5\n1,c-2,2024-01-02,6\n1,c-1,2024-01-03,7\n")
+    plan = prepare(path, now=NOW)
+    assert [(r.event["subject"], r.event["data"]["total"]) for r in plan.records] == [("c-1", 5.0), ("c-2", 6.0)]
+    assert plan.skipped == Counter(duplicate_order_id=1)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -268,8 +277,39 @@ def test_cli_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
     assert "--format" in capsys.readouterr().err
 
 
+def test_cli_amounts_without_a_currency_are_in_the_reporting_currency(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop reporting in euros replays its euro history without --currency (USD, which the
+    worker has no rate for, skipped every row)."""
+    path = write(tmp_path, "eur.csv", "customer_id,time,total\nc-1,2024-01-05,5\n")
+    monkeypatch.setenv("REPORTING_CURRENCY", "EUR")
+    monkeypatch.delenv("FX_RATES", raising=False)
+    assert cli.main(["replay", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: 1 events would be sent" in out and "bad_currency" not in out
+
+
 def test_future_limit_follows_the_worker_setting(tmp_path: Path) -> None:
     soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     path = write(tmp_path, "o.csv", f"customer_id,time,total\nc-1,{soon},5\n")
     assert len(prepare(path).records) == 1
     assert prepare(path, limits=Limits(max_future_skew_s=0)).skipped == Counter(time_out_of_range=1)
+
+
+def test_a_tab_delimiter_as_typed_on_a_command_line_and_a_bad_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.txt", "customer_id\ttime\ttotal\nc-1\t2024-01-01\t5\n")
+    assert len(prepare(path, fmt="csv", delimiter="\\t", now=NOW).records) == 1
+    with pytest.raises(ConfigError, match="one character"):
+        prepare(path, fmt="csv", delimiter=";;", now=NOW)
+
+
+def test_json_ids_are_text_or_whole_numbers(tmp_path: Path) -> None:
+    lines = [
+        {"customer_id": 17, "order_id": 3, "time": "2024-01-01", "total": 5},
+        {"customer_id": {"a": 1}, "time": "2024-01-02", "total": 5},
+        {"customer_id": True, "time": "2024-01-03", "total": 5},
+        {"customer_id": "c-2", "order_id": 12.5, "time": "2024-01-04", "total": 5},
+    ]
+    path = write(tmp_path, "j.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
+    plan = prepare(path, now=NOW)
+    assert [(r.event["subject"], r.event["data"]["order_id"]) for r in plan.records] == [("17", "3")]
+    assert plan.skipped == Counter(bad_id=3)
