@@ -38,8 +38,9 @@ BAD_ROWS = {
     "total_out_of_range": "ORD-B3,cust-001,2023-05-01T00:00:00Z,-10",
     "bad_total": "ORD-B4,cust-001,2023-05-01T00:00:00Z,ten",
     "malformed_row": "ORD-B5,cust-001,2023-05-01T00:00:00Z",
-    # ORD-0003 again, later than every valid row: the earlier one is kept, this one skipped.
-    "duplicate_order_id": "ORD-0003,cust-999,2024-06-01T00:00:00Z,10",
+    # ORD-0003 of the same customer again, later than every valid row: the earlier one is
+    # kept, this one skipped (another customer's ORD-0003 would be an order of its own).
+    "duplicate_order_id": "ORD-0003,{customer_of_0003},2024-06-01T00:00:00Z,10",
 }
 
 
@@ -55,7 +56,8 @@ def write_history(path: Path, n: int, customers: int, bad: bool, seed: int = 5) 
             "time": moment.isoformat().replace("+00:00", "Z"),
             "total": f"{rng.uniform(5, 300):.2f}",
         })
-    lines = [",".join(row.values()) for row in valid] + (list(BAD_ROWS.values()) if bad else [])
+    bad_rows = [row.format(customer_of_0003=valid[3]["customer_id"]) for row in BAD_ROWS.values()]
+    lines = [",".join(row.values()) for row in valid] + (bad_rows if bad else [])
     rng.shuffle(lines)
     path.write_text("order_id,customer_id,time,total\n" + "\n".join(lines) + "\n")
     return valid
