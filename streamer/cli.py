@@ -21,8 +21,13 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     broker = EmbeddedBroker(port=args.port).start()
     print(f"embedded broker on {broker.bootstrap}  (export KAFKA_BOOTSTRAP={broker.bootstrap}); Ctrl-C stops it", flush=True)
+    stopping = {signal.SIGINT, signal.SIGTERM}
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        # Blocked first (after the broker started: a child inherits the mask), so sigwait
+        # receives them: an unblocked SIGTERM (systemd, docker stop, timeout) ended this
+        # process at once and left the broker running.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        signal.sigwait(stopping)
     finally:
         broker.stop()
     return 0
@@ -31,6 +36,14 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from streamer.demo import run_demo
 
+    # Checked before anything starts (a broker, a worker in its own session).
+    if args.customers < 1:
+        return _demo_usage(f"--customers {args.customers}: at least 1")
+    if not args.speed > 0:
+        return _demo_usage(f"--speed {args.speed}: simulated days per second, above 0")
+    if args.duration < 0:
+        return _demo_usage(f"--duration {args.duration}: seconds, 0 (until Ctrl-C) or more")
+
     return run_demo(
         customers=args.customers,
         days_per_second=args.speed,
@@ -38,6 +51,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         view=not args.no_view,
         seed=args.seed,
     )
+
+
+def _demo_usage(problem: str) -> int:
+    print(f"streamer demo: {problem}", file=sys.stderr)
+    return 2
 
 
 def _usage(problem: str) -> int:

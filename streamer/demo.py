@@ -222,13 +222,13 @@ def start_worker(bootstrap: str, web_port: int, workdir: Path) -> tuple[subproce
 
 async def _run(bootstrap: str, settings: settings_module.Settings, customers: int, days_per_second: float, duration_s: float, view: bool, seed: int, workdir: Path) -> ViewState:
     await ensure_topics(settings)
+    start = (datetime.now(timezone.utc) - timedelta(days=3 * 365)).replace(hour=0, minute=0, second=0, microsecond=0)
+    sim = ShopSimulator(customers, start, seed=seed, invalid_fraction=0.005)  # before the worker: it may refuse
     web_port = free_port()
     worker, log_path = start_worker(bootstrap, web_port, workdir)
     metrics_url = f"http://127.0.0.1:{web_port}/metrics"
     if not view:
         print(f"dashboard {metrics_url.replace('/metrics', '/dashboard')} · worker metrics {metrics_url} · worker log {log_path}", flush=True)
-    start = (datetime.now(timezone.utc) - timedelta(days=3 * 365)).replace(hour=0, minute=0, second=0, microsecond=0)
-    sim = ShopSimulator(customers, start, seed=seed, invalid_fraction=0.005)
     state = ViewState()
     tasks = [
         asyncio.create_task(produce(bootstrap, settings.topics, sim, start, days_per_second, state, **settings.security.client_options())),
