@@ -98,6 +98,13 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> "EmbeddedBroker":
+        # Checked first: with the port taken, whatever listens there answered the wait below
+        # and was taken for the broker (Tansu itself exits, unnoticed).
+        with socket.socket() as probe:
+            try:
+                probe.bind((self.host, self.port))
+            except (OSError, OverflowError) as exc:  # taken, or no port (99999)
+                raise BrokerError(f"cannot listen on {self.host}:{self.port}: {getattr(exc, 'strerror', None) or exc}") from None
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env}

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=_cmd_config_check)
 
     args = parser.parse_args(argv)
-    from streamer.errors import ConfigError
+    from streamer.errors import BrokerError, ConfigError
     from streamer.settings import log_level
     from streamer.topics import TopicsNotCreated
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamer {args.command}: {exc}", file=sys.stderr)
         return 2
-    except TopicsNotCreated as exc:  # e.g. REPLICATION_FACTOR above the cluster's brokers
+    except (TopicsNotCreated, BrokerError) as exc:  # replication factor above the brokers; a port taken
         print(f"streamer {args.command}: {exc}", file=sys.stderr)
         return 1
 

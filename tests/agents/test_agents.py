@@ -631,3 +631,26 @@ async def test_a_revoked_partitions_states_leave_the_memory_store(monkeypatch):
     changelog = tables.customers.changelog_topic.get_topic_name()
     await tables.customers.data.on_recovery_completed({TP(changelog, 1)}, set())
     assert b"cust-moves-away" not in tables.customers.data and b"cust-stays" in tables.customers.data
+
+
+async def test_the_local_summary_matches_its_openapi_schema(sends, feed):
+    """What workers ask each other (``/api/summary?local=1``) has a schema of its own."""
+    import jsonschema
+    from referencing import Registry, Resource
+    from types import SimpleNamespace
+
+    customer = "cust-agent-local-summary"
+    async with agents.score_orders.test_context() as agent:
+        await feed(agent, order_completed(customer, "ORD-LS-1", 10.0), key=customer.encode())
+    openapi = json.loads((EXAMPLES.parent / "openapi.json").read_text())
+    registry = Registry().with_resource("urn:openapi", Resource.from_contents({**openapi, "$schema": "https://json-schema.org/draft/2020-12/schema"}))
+
+    def validate(name: str, doc: Any) -> None:
+        jsonschema.Draft202012Validator({"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=registry).validate(doc)
+
+    response = await view(web.summary_page).get(SimpleNamespace(headers={}, query={"local": "1"}))
+    local = json.loads(response.body)
+    validate("LocalSummary", local)
+    assert local["summary"]["customers"] == 1
+    with pytest.raises(jsonschema.ValidationError):
+        validate("Summary", local)

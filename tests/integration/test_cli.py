@@ -49,3 +49,16 @@ def test_the_demo_refuses_bad_arguments_before_starting_anything(argument: list[
     done = subprocess.run([sys.executable, "-m", "streamer", "demo", "--no-view", *argument], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and said in done.stderr, done.stderr
     assert "embedded broker" not in done.stdout  # nothing was started
+
+
+def test_the_broker_command_on_a_port_taken_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "streamer", "broker", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith("streamer broker: "), done.stderr
+    assert "Traceback" not in done.stderr
+
+    done = subprocess.run([sys.executable, "-m", "streamer", "broker", "--port", "99999"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "cannot listen on 127.0.0.1:99999" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -122,7 +122,10 @@ async def test_query_api_on_two_workers_and_the_dashboard(make_worker, broker: s
     validator("Segments").validate(seg[0])
     assert seg[0]["customers"] == len(CUSTOMERS) and not seg[0]["partial"]
     assert seg[0]["populations"]["lifecycle"] == {"new": len(CUSTOMERS) - 1, "repeat": 1}
-    local = [get(f"{w.url}/api/summary?local=1")[1]["summary"]["customers"] for w in (first, second)]
+    local_parts = [get(f"{w.url}/api/summary?local=1")[1] for w in (first, second)]
+    for part in local_parts:
+        validator("LocalSummary").validate(part)
+    local = [part["summary"]["customers"] for part in local_parts]
     assert sum(local) == len(CUSTOMERS) and all(local), (local, layout)
 
     status, summary = get(f"{first.url}/api/summary")
