@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import Any
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses (for example a path with raw non-ASCII bytes,
+    as curl sends ``/customers/café``) at ERROR with a traceback quoting the raw request line,
+    whose path holds a customer id. Such a record becomes one WARNING naming the error only;
+    the client has its 400 either way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request (%s, status %s)", (type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def install_log_filters() -> None:
+    """No customer id in a log line above debug, also in what aiohttp logs (see above)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in logger.filters):
+        logger.addFilter(MalformedRequestFilter())
 
 
 async def wait_for_broker(settings: Any) -> list[str]:
@@ -55,6 +80,7 @@ def run() -> None:
     from streamer.shell import allocator
 
     allocator.fix_trim_threshold()  # before the large buffers of a running worker come and go
+    install_log_filters()
     from streamer.shell.app import app, settings
 
     if settings.event_loop == "uvloop":
