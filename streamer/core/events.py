@@ -69,7 +69,7 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     if not isinstance(subject, str):
         got = ("null" if "subject" in doc else "missing") if subject is None else f"a JSON {_JSON_KIND.get(type(subject), type(subject).__name__)}"
         raise InvalidEvent("missing_customer_id", f"CloudEvents 'subject' (the customer id) must be a non-empty string; it is {got}")
-    if not subject.strip() or (not subject.isascii() and not _visible(subject)):
+    if not subject.strip() or (not subject.isascii() and not visible(subject)):
         raise InvalidEvent("missing_customer_id", "CloudEvents 'subject' (the customer id) is empty or has no visible character")
     type_name = doc.get("type")
     if not isinstance(type_name, str) or (expected_role := contracts.INPUT_TYPES.get(type_name)) is None:
@@ -121,7 +121,7 @@ _INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Co", "Cs"})
 _BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
-def _visible(text: str) -> bool:
+def visible(text: str) -> bool:
     """Whether ``text`` has a character that shows: an id of only a zero-width space or a
     right-to-left mark would look empty wherever a marketer reads it."""
     return any(char not in _BLANK_CHARACTERS and unicodedata.category(char) not in _INVISIBLE for char in text)

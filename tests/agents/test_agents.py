@@ -654,3 +654,13 @@ async def test_the_local_summary_matches_its_openapi_schema(sends, feed):
     assert local["summary"]["customers"] == 1
     with pytest.raises(jsonschema.ValidationError):
         validate("Summary", local)
+
+
+
+def test_an_id_that_shows_nothing_is_a_bad_customer_id():
+    """The worker refuses events of such ids (missing_customer_id): no customer can have one,
+    so the query API says 400, not 404."""
+    for customer_id in (" ", "\u200b", "\u3164", "\u00a0\u200d"):
+        assert web._bad_customer_id(customer_id) is not None, repr(customer_id)
+    for customer_id in ("cust-1", "é", "客户-7", "alice\u200b"):
+        assert web._bad_customer_id(customer_id) is None, repr(customer_id)
