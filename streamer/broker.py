@@ -101,6 +101,9 @@ class EmbeddedBroker:
         # Checked first: with the port taken, whatever listens there answered the wait below
         # and was taken for the broker (Tansu itself exits, unnoticed).
         with socket.socket() as probe:
+            # As Tansu binds: connections of a broker just stopped on this port (TIME_WAIT)
+            # must not count as the port being taken; a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((self.host, self.port))
             except (OSError, OverflowError) as exc:  # taken, or no port (99999)

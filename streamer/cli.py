@@ -20,13 +20,13 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     from streamer.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start()
-    print(f"embedded broker on {broker.bootstrap}  (export KAFKA_BOOTSTRAP={broker.bootstrap}); Ctrl-C stops it", flush=True)
     stopping = {signal.SIGINT, signal.SIGTERM}
     try:
-        # Blocked first (after the broker started: a child inherits the mask), so sigwait
-        # receives them: an unblocked SIGTERM (systemd, docker stop, timeout) ended this
-        # process at once and left the broker running.
+        # Blocked first (after the broker started: a child inherits the mask, and before the
+        # line a supervisor may react to), so sigwait receives them: an unblocked SIGTERM
+        # (systemd, docker stop, timeout) ended this process at once, the broker left running.
         signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        print(f"embedded broker on {broker.bootstrap}  (export KAFKA_BOOTSTRAP={broker.bootstrap}); Ctrl-C stops it", flush=True)
         signal.sigwait(stopping)
     finally:
         broker.stop()
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-format", help="iso (default: ISO 8601, naive = UTC), epoch, epoch_ms, or a strptime pattern such as %%Y%%m%%d")
     p.add_argument("--total-col", help="amount paid column (default total)")
     p.add_argument("--order-id-col", help="order id column (default order_id if present, else derived from the row)")
-    p.add_argument("--currency", help="ISO 4217 currency of the amounts (default: the worker's REPORTING_CURRENCY)")
+    p.add_argument("--currency", help="ISO 4217 currency of the amounts (default: the worker's REPORTING_CURRENCY; USD with --format cdnow)")
     p.add_argument("--currency-col", help="per-row currency column (empty cells: --currency)")
     p.add_argument("--margin-col", help="gross margin column")
     p.add_argument("--cost-col", help="cost of goods column")

@@ -9,12 +9,12 @@ which is what the worker's event-time clocks expect.
 Ids are deterministic, so replaying the same file twice changes nothing: the event id is a hash
 of the row's content (column -> value, plus the how-many-th identical row it is, so repeated
 identical rows stay distinct orders), and without an order-id column the order id is derived
-from the same hash. The worker de-duplicates orders by order id.
+from the same hash. The worker de-duplicates a customer's orders by order id.
 
 Rows that cannot be mapped are counted by reason and not sent (reasons: ``malformed_row``,
-``missing_customer``, ``bad_time``, ``time_out_of_range``, ``bad_total``,
+``missing_customer``, ``bad_id`` (a JSON id neither text nor a whole number), ``bad_time``, ``time_out_of_range``, ``bad_total``,
 ``total_out_of_range``, ``bad_currency``, ``bad_margin``, ``margin_exceeds_total``,
-``duplicate_order_id`` — the earliest row of an order id is kept —, or the contract's
+``duplicate_order_id`` — the earliest row of a customer's order id is kept —, or the contract's
 ``schema_violation``).
 
 >>> import tempfile, pathlib

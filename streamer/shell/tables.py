@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 YIELD_EVERY = 200
 #: Keys of erasure markers (``TableStore.mark_erased``): the prefix, then the SHA-256 (hex) of
 #: the erased customer's id. A customer id has no control character (envelope schema), so no
-#: customer's key begins with NUL (nor does the flush mark's, which never reaches the table).
+#: customer's key begins with NUL. (The flush mark's key does too, and never reaches the
+#: table: the write-back's readers drop it.)
 ERASED_PREFIX = b"\x00erased:"
 
 
@@ -153,7 +154,7 @@ class TableStore:
 
     def mark_erased(self, digest: str, partition: int, at: float) -> None:
         """Keep the erasure marker in the table and its changelog, with the states: a restart
-        reads it back (``restored_erasures``) and still refuses the customer's older events."""
+        reads it back (``agents.rebuild_partitions``) and still refuses the customer's older events."""
         self.pending[ERASED_PREFIX + digest.encode()] = (partition, orjson.dumps({"partition": partition, "erased_at": at}))
 
     def rewrite(self, unfinished: Mapping[bytes, int]) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 class MalformedRequestFilter(logging.Filter):
     """aiohttp logs a request its parser refuses (for example a path with raw non-ASCII bytes,
     as curl sends ``/customers/café``) at ERROR with a traceback quoting the raw request line,
-    whose path holds a customer id. Such a record becomes one WARNING naming the error only;
-    the client has its 400 either way."""
+    whose path holds a customer id. Such a record becomes one line naming the error only, at
+    WARNING at most; the client has its 400 either way."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError
@@ -21,7 +21,8 @@ class MalformedRequestFilter(logging.Filter):
         if isinstance(exc, HttpProcessingError):
             record.msg, record.args = "refused a malformed HTTP request (%s, status %s)", (type(exc).__name__, exc.code)
             record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if record.levelno > logging.WARNING:  # lowered, never raised (aiohttp logs some at debug)
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

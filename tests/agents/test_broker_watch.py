@@ -123,10 +123,14 @@ async def test_metrics_show_readiness_and_the_broker_as_of_the_scrape(monkeypatc
         monkeypatch.setattr(agents.broker_watch, "problem", "broker unreachable")
         text = (await view(web.metrics_page).get(None)).body.decode()
         assert gauge(text, "clv_worker_ready") == 0 and gauge(text, "clv_broker_reachable") == 0
+        monkeypatch.setattr(agents.broker_watch, "reachable", True)
+        monkeypatch.setattr(agents.broker_watch, "problem", None)
+        text = (await view(web.metrics_page).get(None)).body.decode()
+        assert gauge(text, "clv_worker_ready") == 1
     finally:
         completed.clear()
     text = (await view(web.metrics_page).get(None)).body.decode()
-    assert gauge(text, "clv_worker_ready") == 0  # not recovered
+    assert gauge(text, "clv_worker_ready") == 0 and gauge(text, "clv_broker_reachable") == 1  # not recovered
 
 
 async def test_a_worker_waiting_for_its_broker_serves_metrics(monkeypatch, unused_tcp_port):
