@@ -64,6 +64,8 @@ class FlushMarkedTable(faust.Table):
         #: Gets ``{key: partition}`` of the records an unfinished write-back left behind, once
         #: recovery has dropped them (the state store writes those customers again).
         self.on_unfinished: Callable[[dict[bytes, int]], None] | None = None
+        #: The partitions whose keys this worker kept after the last recovery.
+        self.kept_partitions: set[int] | None = None
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         complete: list[Any] = []
@@ -82,7 +84,39 @@ class FlushMarkedTable(faust.Table):
             log.warning("dropped %d changelog records of a write-back that a stopped worker did not finish; their events are processed again", len(dropped))
             if self.on_unfinished is not None:
                 self.on_unfinished({event.message.key: event.message.partition for event in dropped})
+        kept = {tp.partition for tp in active_tps | standby_tps}
+        if self.kept_partitions is not None and self.kept_partitions - kept:
+            gone = self.drop_partitions_not_in(kept)
+            log.info("dropped %d states of partitions this worker no longer holds", gone)
+        self.kept_partitions = kept
         await super().on_recovery_completed(active_tps, standby_tps)
+
+    def drop_partitions_not_in(self, kept: set[int]) -> int:
+        """Drop the states (and erasure markers) of partitions other than ``kept`` from the
+        memory store; returns how many.
+
+        Faust's memory store drops a revoked partition's keys by a key -> partition index
+        that only its changelog reader fills; the write-back (``TableStore.flush``) writes
+        around it, so states of partitions moved to another worker stayed (memory, and stale
+        answers to forwarded queries). Kept as such, that index cost ~60 bytes a customer;
+        this reads each key's partition from its value instead, once per revocation. RocksDB
+        keeps a database per partition, which Faust closes: nothing to do there.
+        """
+        store = self.data
+        items = getattr(store, "data", None)
+        if settings.store != "memory" or not isinstance(items, dict):
+            return 0
+        gone = [key for key, raw in items.items() if raw is not None and _partition_of(key, raw) not in kept]
+        for key in gone:
+            items.pop(key, None)
+            getattr(store, "_key_partition", {}).pop(key, None)
+        return len(gone)
+
+
+def _partition_of(key: bytes, raw: bytes) -> int:
+    if key.startswith(ERASED_PREFIX):
+        return erasure_marker(raw)[0]
+    return CustomerState.from_bytes(raw).partition
 
 
 customers = app.tables.add(
@@ -219,21 +253,13 @@ class TableStore:
             for key, (partition, raw) in changed.items():
                 by_partition.setdefault(partition, []).append((key, raw))
             data = self.table.data
-            # The memory store drops a revoked partition's keys by this index, which only its
-            # changelog reader fills: without it, states of partitions moved to another worker
-            # stayed here (memory, and stale answers). RocksDB keeps a database per partition.
-            key_partition = getattr(data, "_key_partition", None)
             for partition, items in by_partition.items():
                 with partition_context(partition):
                     for key, raw in items:
                         if raw is None:
                             data.pop(key, None)
-                            if key_partition is not None:
-                                key_partition.pop(key, None)
                         else:
                             data[key] = raw
-                            if key_partition is not None:
-                                key_partition[key] = partition
             changelog = self.table.changelog_topic.get_topic_name()
             for partition, meta in zip(first, marked):
                 data.set_persisted_offset(TP(changelog, partition), meta.offset)
