@@ -28,7 +28,7 @@ from streamer.shell.app import app, settings
 from streamer.shell.broker_watch import BrokerWatch
 from streamer.shell.channels import inputs, outputs
 from streamer.shell.model_state import read_latest
-from streamer.shell.tables import ERASED_PREFIX, customers, erasure_marker, partition_context, store
+from streamer.shell.tables import ERASED_PREFIX, customers, erasure_entry, partition_context, store
 from streamer.topics import COMPACTED
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ async def rebuild_partitions() -> None:
     try:
         for n, (key, raw) in enumerate(customers.items(), start=1):
             if key.startswith(ERASED_PREFIX):
-                restore.add_erasure(key[len(ERASED_PREFIX) :].decode(), *erasure_marker(raw))
+                restore.add_erasure(*erasure_entry(key, raw))
             else:
                 restore.add(CustomerState.from_bytes(raw))
             if n % REBUILD_PAUSE_EVERY == 0:
@@ -206,7 +206,7 @@ async def rebuild_partitions() -> None:
         restored = engine.restore_partitions(
             assigned,
             (CustomerState.from_bytes(raw) for key, raw in customers.items() if not key.startswith(ERASED_PREFIX)),
-            ((key[len(ERASED_PREFIX) :].decode(), *erasure_marker(raw)) for key, raw in customers.items() if key.startswith(ERASED_PREFIX)),
+            (erasure_entry(key, raw) for key, raw in customers.items() if key.startswith(ERASED_PREFIX)),
         )
     erasures = sum(len(engine.partitions[p].erasures) for p in assigned if p in engine.partitions)
     log.info("state ready: %d customers on %d partitions (%d erased customers remembered)", restored, len(assigned), erasures)

@@ -38,6 +38,11 @@ def erasure_marker(raw: bytes) -> tuple[int, float]:
     return int(doc["partition"]), float(doc["erased_at"])
 
 
+def erasure_entry(key: bytes, raw: bytes) -> tuple[str, int, float]:
+    """(id digest, partition, erased up to) of the marker stored under ``key``."""
+    return (key[len(ERASED_PREFIX) :].decode(), *erasure_marker(raw))
+
+
 def rocksdb_options(settings: Settings) -> dict[str, int]:
     """Memory bounds for each partition's RocksDB database (Faust's defaults are sized for a
     machine with the table's data in RAM: 3 × 64 MiB of write buffers and a 2 GiB block cache
