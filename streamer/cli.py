@@ -38,11 +38,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     # Checked before anything starts (a broker, a worker in its own session).
     if args.customers < 1:
-        return _demo_usage(f"--customers {args.customers}: at least 1")
+        return _usage(f"--customers {args.customers}: at least 1", "demo")
     if not args.speed > 0:
-        return _demo_usage(f"--speed {args.speed}: simulated days per second, above 0")
+        return _usage(f"--speed {args.speed}: simulated days per second, above 0", "demo")
     if args.duration < 0:
-        return _demo_usage(f"--duration {args.duration}: seconds, 0 (until Ctrl-C) or more")
+        return _usage(f"--duration {args.duration}: seconds, 0 (until Ctrl-C) or more", "demo")
 
     return run_demo(
         customers=args.customers,
@@ -53,14 +53,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _demo_usage(problem: str) -> int:
-    print(f"streamer demo: {problem}", file=sys.stderr)
-    return 2
-
-
-def _usage(problem: str) -> int:
-    """A usage error of `streamer evaluate`: one line, exit status 2 (as replay and config)."""
-    print(f"streamer evaluate: {problem}", file=sys.stderr)
+def _usage(problem: str, command: str = "evaluate") -> int:
+    """A usage error of `streamer evaluate` (or ``command``): one line, exit status 2 (as
+    replay and config)."""
+    print(f"streamer {command}: {problem}", file=sys.stderr)
     return 2
 
 

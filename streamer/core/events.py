@@ -69,7 +69,7 @@ def decode(raw: bytes | None, topic_role: str, key: bytes | None, limits: Limits
     if not isinstance(subject, str):
         got = ("null" if "subject" in doc else "missing") if subject is None else f"a JSON {_JSON_KIND.get(type(subject), type(subject).__name__)}"
         raise InvalidEvent("missing_customer_id", f"CloudEvents 'subject' (the customer id) must be a non-empty string; it is {got}")
-    if not subject.strip() or (not subject.isascii() and not visible(subject)):
+    if not shows_something(subject):
         raise InvalidEvent("missing_customer_id", "CloudEvents 'subject' (the customer id) is empty or has no visible character")
     type_name = doc.get("type")
     if not isinstance(type_name, str) or (expected_role := contracts.INPUT_TYPES.get(type_name)) is None:
@@ -119,6 +119,12 @@ _INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Co", "Cs"})
 #: Letters and symbols that show nothing all the same: Hangul fillers, the blank Braille
 #: pattern.
 _BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def shows_something(text: str) -> bool:
+    """Whether ``text`` can be a customer id someone reads: not blank, and (beyond ASCII,
+    where any non-space shows) with a visible character."""
+    return bool(text.strip()) and (text.isascii() or visible(text))
 
 
 def visible(text: str) -> bool:

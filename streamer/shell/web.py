@@ -20,7 +20,7 @@ import orjson
 from yarl import URL
 
 from streamer.core import views
-from streamer.core.events import MAX_CUSTOMER_ID_BYTES, visible
+from streamer.core.events import MAX_CUSTOMER_ID_BYTES, shows_something
 from streamer.shell.agents import activity, broker_watch, engine, metrics
 from streamer.shell.app import app, settings
 from streamer.shell.tables import customers, store
@@ -95,7 +95,7 @@ def _bad_customer_id(customer_id: str) -> str | None:
         return f"a customer id has 1 to {MAX_CUSTOMER_ID} bytes"
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in customer_id):
         return "a customer id has no control characters"
-    if not customer_id.strip() or not visible(customer_id):
+    if not shows_something(customer_id):
         return "a customer id has a visible character (the worker refuses events of any other)"
     return None
 
